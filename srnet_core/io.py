@@ -1,0 +1,89 @@
+"""Safe, atomic artifact I/O: tensors in safetensors, everything else JSON; nothing is unpickled."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Iterator
+
+import torch
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temp path beside ``path``; rename it over ``path`` only if the block succeeds."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    # Hidden and not ending in the target's extension, so globs like **/*.parquet never see a partial file.
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".partial")
+    os.close(fd)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; published files get the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str, obj) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True, default=str)
+
+
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _flatten(obj, prefix: str, tensors: dict, skeleton):
+    """Split a nested state (dicts/lists of tensors and scalars) into tensors + a JSON skeleton."""
+    if isinstance(obj, torch.Tensor):
+        key = prefix or "_"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        return {"__dict__": [[_key(k), _flatten(v, f"{prefix}.{k}" if prefix else str(k), tensors, None)]
+                             for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return {"__list__": [_flatten(v, f"{prefix}.{i}", tensors, None) for i, v in enumerate(obj)],
+                "tuple": isinstance(obj, tuple)}
+    return {"__value__": obj}
+
+
+def _key(k):
+    return {"int": k} if isinstance(k, int) else {"str": str(k)}
+
+
+def _unflatten(node, tensors):
+    if "__tensor__" in node:
+        return tensors[node["__tensor__"]]
+    if "__dict__" in node:
+        return {(k["int"] if "int" in k else k["str"]): _unflatten(v, tensors) for k, v in node["__dict__"]}
+    if "__list__" in node:
+        items = [_unflatten(v, tensors) for v in node["__list__"]]
+        return tuple(items) if node.get("tuple") else items
+    return node["__value__"]
+
+
+def save_state(path: str, state: dict) -> None:
+    """Save a nested training state (optimizer state, RNG, counters) as safetensors + JSON skeleton."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _flatten(state, "", tensors, None)
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata={"skeleton": json.dumps(skeleton)})
+
+
+def load_state(path: str) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        skeleton = json.loads(f.metadata()["skeleton"])
+    return _unflatten(skeleton, tensors)

@@ -1,0 +1,571 @@
+"""Binary weight masks as ``torch.nn.utils.parametrize`` parametrizations.
+
+Each masked Linear computes ``W * m``. ``m`` is a buffer recomputed from real-valued scores ``S`` by
+``MaskSet.project`` (after each optimizer step): exact per-matrix top-k by default, a fixed strict
+threshold between re-projections as in the reference (``reproject_every > 1``), or one global threshold.
+The backward pass is straight-through: dL/dS = dL/dm = dL/d(W*m) * W (protocol.md section 2).
+
+Masks are also the artifact of every pruning method (IMP, GMP, structured): ``save_masks`` / ``load_masks``
+store them bit-packed in safetensors, ``bake_masks`` writes them into a plain model's weights.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+PHI = 0.01
+MASK_FORMAT = "srnet-mask-v1"
+
+
+class _MaskedProduct(torch.autograd.Function):
+    """W * m with the straight-through gradient to the scores.
+
+    A custom Function (rather than ``m + S - S.detach()``) keeps the step cost at one multiply forward and
+    one per input backward, which is what keeps mask training close to a dense step (bench/step_overhead.py).
+    """
+
+    @staticmethod
+    def forward(ctx, weight, scores, mask):
+        ctx.save_for_backward(weight, mask)
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, mask = ctx.saved_tensors
+        grad_weight = grad * mask if ctx.needs_input_grad[0] else None
+        grad_scores = grad * weight if ctx.needs_input_grad[1] else None
+        return grad_weight, grad_scores, None
+
+
+class MaskedWeight(nn.Module):
+    """Parametrization holding the scores and the current binary mask of one matrix.
+
+    ``mask`` is stored in the weight's float dtype (0.0/1.0) so the forward is one plain multiply.
+    ``threshold``: the strict threshold of the last projection (used between re-projections).
+    """
+
+    def __init__(self, scores: torch.Tensor, mask: torch.Tensor, threshold: float = PHI):
+        super().__init__()
+        self.scores = nn.Parameter(scores)
+        self.register_buffer("mask", mask.to(scores.dtype))
+        self.threshold = threshold
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return _MaskedProduct.apply(weight, self.scores, self.mask.to(weight.dtype))
+
+
+# -- exact top-k selection ------------------------------------------------------------------------------
+def prune_count(numel: int, sparsity: float) -> int:
+    """How many entries a matrix of ``numel`` loses at ``sparsity``: floor(numel * s) (float-noise safe)."""
+    return int(math.floor(numel * sparsity + 1e-9))
+
+
+# NumPy's comparisons, counts and boolean indexing run several times faster than torch's on CPU tensors
+# (views, no copies); the selection is the same. Tests switch this off to cover the torch path too.
+NUMPY_ON_CPU = True
+
+
+def _as_numpy(parts: list[torch.Tensor]):
+    if NUMPY_ON_CPU and all(p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64) for p in parts):
+        return [p.numpy() for p in parts]
+    return None
+
+
+def _kth_smallest(parts: list[torch.Tensor], k: int, hint: float | None, width: float | None):
+    """Exact k-th smallest (1-based) over flat ``parts`` and how many entries are strictly greater.
+
+    With a ``hint`` (the previous threshold) it counts the entries below/above a band around the hint and
+    runs the selection only inside the band: after one optimizer step the threshold moves little, so this
+    replaces a full selection (several passes with random access) by two comparisons and a small selection.
+    The result is exact either way; the band only changes the speed. Returns (kth, n_greater, next_width).
+    """
+    arrays = _as_numpy(parts)
+    n = sum(p.numel() for p in parts)
+    if hint is not None and width is not None and math.isfinite(hint):
+        w = width
+        for _ in range(5):
+            lo, hi = hint - w, hint + w
+            if arrays is not None:
+                n_below = sum(int(np.count_nonzero(a < lo)) for a in arrays)
+                n_above = sum(int(np.count_nonzero(a > hi)) for a in arrays)
+            else:
+                n_below = sum(int((p < lo).sum(dtype=torch.int32)) for p in parts)  # int32: 2x faster than int64
+                n_above = sum(int((p > hi).sum(dtype=torch.int32)) for p in parts)
+            if n_below < k <= n - n_above:
+                if arrays is not None:
+                    band = np.concatenate([a[(a >= lo) & (a <= hi)] for a in arrays])
+                    kth = float(np.partition(band, k - n_below - 1)[k - n_below - 1])
+                    n_greater = n_above + int(np.count_nonzero(band > kth))
+                else:
+                    band = torch.cat([p[(p >= lo) & (p <= hi)] for p in parts])
+                    kth = float(band.kthvalue(k - n_below).values)
+                    n_greater = n_above + int((band > kth).sum())
+                # next band: wide enough for the threshold's last move, shrinking when it was too generous
+                next_w = max(2.0 * abs(kth - hint), w / 4.0, 1e-12 * (1.0 + abs(kth)))
+                return kth, n_greater, next_w
+            w *= 8.0
+    if arrays is not None:
+        full = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+        kth = float(np.partition(full, k - 1)[k - 1])
+        n_greater = int(np.count_nonzero(full > kth))
+    else:
+        full_t = torch.cat(parts) if len(parts) > 1 else parts[0]
+        kth = float(full_t.kthvalue(k).values)
+        n_greater = int((full_t > kth).sum())
+    return kth, n_greater, 1e-3 * (abs(kth) + 1e-6)
+
+
+def _keep_top(parts: list[torch.Tensor], sparsity: float, hint: float | None = None,
+              width: float | None = None, out: list[torch.Tensor] | None = None):
+    """Keep-masks over flat ``parts`` that keep exactly n - floor(n*s) largest values in total.
+
+    Ties at the cut go to the later index (over the concatenation), deterministically. ``out``: flat float
+    buffers to write 1.0/0.0 into (the live mask buffers; saves a bool tensor and a copy per matrix);
+    without it, new bool tensors are returned.
+    Returns (keeps, threshold = k-th smallest value or -inf when nothing is pruned, next band width).
+    """
+    n = sum(p.numel() for p in parts)
+    k = prune_count(n, sparsity)
+    if k <= 0 or k >= n:
+        keep_all = k <= 0
+        keeps = [torch.full_like(p, keep_all, dtype=torch.bool) for p in parts]
+        if out is not None:
+            for o, keep in zip(out, keeps):
+                o.copy_(keep)
+            keeps = out
+        thr = float("-inf") if keep_all else float(max(float(p.max()) for p in parts))
+        return keeps, thr, None
+    kth, n_greater, next_w = _kth_smallest(parts, k, hint, width)
+    if out is not None:
+        keeps = [torch.gt(p, kth, out=o) for p, o in zip(parts, out)]
+    else:
+        keeps = [p > kth for p in parts]
+    deficit = (n - k) - n_greater
+    if deficit > 0:  # values tied at the threshold: keep the last `deficit` of them
+        for p, keep in zip(reversed(parts), reversed(keeps)):
+            tied = (p == kth).nonzero().squeeze(1)
+            take = tied[max(0, tied.numel() - deficit):]
+            keep[take] = True
+            deficit -= take.numel()
+            if deficit <= 0:
+                break
+    return keeps, kth, next_w
+
+
+def _keep_top_grouped(values: list[torch.Tensor], sparsity: float,
+                      out: list[torch.Tensor] | None = None) -> tuple[list[torch.Tensor], list[float]]:
+    """Per-tensor exact top-k for many same-shape tensors at once: one batched kthvalue, one device sync.
+
+    The GPU path (a per-matrix band search costs several host syncs per matrix there). Same result and
+    tie rule as ``_keep_top`` on each tensor. Returns (keeps, thresholds).
+    """
+    numel = values[0].numel()
+    k = prune_count(numel, sparsity)
+    if k <= 0 or k >= numel:
+        pairs = [_keep_top([v.reshape(-1)], sparsity, out=None if out is None else [o]) for v, o in
+                 zip(values, out or [None] * len(values))]
+        return [p[0][0] for p in pairs], [p[1] for p in pairs]
+    stacked = torch.stack([v.reshape(-1) for v in values])
+    kth = stacked.kthvalue(k, dim=1, keepdim=True).values
+    keep = stacked > kth
+    counts = torch.cat([kth.double(), keep.sum(dim=1, keepdim=True).double()], dim=1).tolist()  # the one sync
+    keeps = []
+    for i, (threshold, n_greater) in enumerate(counts):
+        row = keep[i]
+        deficit = (numel - k) - int(n_greater)
+        if deficit > 0:  # ties at the threshold: keep the last `deficit` of them
+            tied = (stacked[i] == kth[i]).nonzero().squeeze(1)
+            row[tied[tied.numel() - deficit:]] = True
+        if out is not None:
+            out[i].copy_(row)
+            row = out[i]
+        keeps.append(row)
+    return keeps, [c[0] for c in counts]
+
+
+def topk_mask(values: torch.Tensor, sparsity: float) -> tuple[torch.Tensor, float]:
+    """Keep exactly numel - floor(numel * sparsity) largest entries; ties at the cut go to the later index.
+
+    Returns (bool mask, threshold = the k-th smallest value, or -inf when nothing is pruned).
+    """
+    keeps, thr, _ = _keep_top([values.detach().flatten()], sparsity)
+    return keeps[0].view_as(values), thr
+
+
+@dataclass
+class MaskConfig:
+    """How masks are initialised and kept at their target sparsity.
+
+    sparsity: target fraction of zeros (per matrix when local, over all masked matrices when global).
+    init: ``magnitude`` (kept scores = 2*phi, pruned = 0: step 0 is magnitude pruning) or ``magnitude_soft``
+        (scores = |W|, the gradual runs). ``none``: all kept, scores 2*phi (masks loaded later, or set by
+        IMP/GMP/structured pruning).
+    scope: ``local`` (per matrix, the protocol) or ``global`` (one threshold over all masked matrices).
+    reproject_every: 1 = exact top-k after every step (default); N > 1 = the reference cadence, where
+        ``m = 1[S > threshold]`` with the threshold fixed between re-projections, so sparsity drifts.
+    phi: the binarizer threshold of the reference (strict >); kept/pruned init scores are 2*phi / 0.
+    """
+
+    sparsity: float = 0.5
+    init: Literal["magnitude", "magnitude_soft", "none"] = "magnitude"
+    scope: Literal["local", "global"] = "local"
+    reproject_every: int = 1
+    phi: float = PHI
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.sparsity) <= 1.0:
+            raise ValueError(f"mask.sparsity must be in [0, 1], got {self.sparsity}")
+        if self.init not in ("magnitude", "magnitude_soft", "none"):
+            raise ValueError(f"mask.init must be 'magnitude', 'magnitude_soft' or 'none', got {self.init!r}")
+        if self.scope not in ("local", "global"):
+            raise ValueError(f"mask.scope must be 'local' or 'global', got {self.scope!r}")
+        if int(self.reproject_every) < 1:
+            raise ValueError(f"mask.reproject_every must be >= 1 (1 = every step), got {self.reproject_every}")
+
+
+class MaskSet:
+    """All masks of one model: attach, project, read, load, bake. An optimizer-like controller.
+
+    ``train_scores=False`` leaves the scores out of autograd: the masks are then set from outside
+    (``prune_magnitude``, ``load_masks``), as IMP, GMP and structured pruning do while the weights train.
+    """
+
+    def __init__(self, model: nn.Module, names: list[str], config: MaskConfig, train_scores: bool = True):
+        self.model = model
+        self.config = config
+        self.sparsity = float(config.sparsity)
+        self.names = list(names)
+        if not self.names:
+            raise ValueError("MaskSet needs at least one matrix name (see srnet_core.models.prunable_linear_names)")
+        modules = dict(model.named_modules())
+        unknown = [n for n in self.names if n not in modules]
+        if unknown:
+            raise KeyError(f"model has no modules named {unknown[:3]}; use prunable_linear_names(model)")
+        self.modules = {n: modules[n] for n in self.names}
+        # Where the last k-th smallest score was and how wide a band to search around it next time (speed
+        # only: the selection is exact whatever these are). "*" is the global scope's entry.
+        self._hints: dict[str, float] = {}
+        self._widths: dict[str, float | None] = {}
+        # How local top-k is computed (same masks either way): ``band`` = a search near the last threshold,
+        # per matrix (fastest on CPU); ``grouped`` = one batched kthvalue per matrix shape with a single
+        # device sync (for GPUs); ``auto`` = grouped on CUDA, band elsewhere.
+        self.selection: Literal["auto", "band", "grouped"] = "auto"
+        for name, module in self.modules.items():
+            if parametrize.is_parametrized(module, "weight"):
+                raise ValueError(f"'{name}' already carries a parametrization (a MaskSet is already attached)")
+            weight = module.weight.detach()
+            scores = torch.full_like(weight, 2 * config.phi)
+            mask = torch.ones_like(weight, dtype=torch.bool)
+            parametrize.register_parametrization(module, "weight", MaskedWeight(scores, mask, config.phi))
+            self.parametrization(name).scores.requires_grad_(train_scores)
+        if config.init != "none":
+            self._init_from_magnitude(config.init)
+
+    # -- access ---------------------------------------------------------------------------------------
+    def parametrization(self, name: str) -> MaskedWeight:
+        return self.modules[name].parametrizations.weight[0]
+
+    def original(self, name: str) -> torch.Tensor:
+        """The unmasked weight (a Parameter: trained by IMP/GMP, frozen in mask training)."""
+        return self.modules[name].parametrizations.weight.original
+
+    def score_parameters(self) -> list[nn.Parameter]:
+        return [self.parametrization(n).scores for n in self.names]
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        return {n: self.parametrization(n).mask.bool().cpu() for n in self.names}
+
+    # -- projection -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _init_from_magnitude(self, init: str) -> None:
+        phi = self.config.phi
+        for name in self.names:
+            p = self.parametrization(name)
+            p.scores.copy_(self.original(name).abs() if init == "magnitude_soft" else torch.zeros_like(p.scores))
+        if init == "magnitude":
+            # rank by |W|, then kept = 2*phi, pruned = 0 (strictly below phi)
+            keeps = self._select({n: self.original(n).abs() for n in self.names}, use_hints=False)
+            for name, keep in keeps.items():
+                p = self.parametrization(name)
+                p.scores.copy_(keep.to(p.scores.dtype) * 2 * phi)
+                p.mask.copy_(keep)
+                p.threshold = phi
+            self._binary_scores_hints()
+        else:
+            self.project(force=True)
+
+    def _binary_scores_hints(self) -> None:
+        """After scores were set to 2*phi / 0: the next k-th smallest score starts near 0, and one optimizer
+        step moves it by about the learning rate, so search a narrow band there first."""
+        for key in list(self.names) + ["*"]:
+            self._hints[key] = 0.0
+            self._widths[key] = 2e-3 * self.config.phi
+
+    def _strategy(self, values: dict[str, torch.Tensor]) -> str:
+        if self.selection != "auto":
+            return self.selection
+        return "grouped" if next(iter(values.values())).device.type == "cuda" else "band"
+
+    def _select(self, values: dict[str, torch.Tensor], use_hints: bool = True,
+                write_masks: bool = False) -> dict[str, torch.Tensor]:
+        """Exact top-k keep masks of ``values`` at ``self.sparsity``; records each matrix's threshold.
+
+        use_hints: search near the last thresholds (scores after a step); write_masks: write straight into
+        the live mask buffers (and return them) instead of new bool tensors.
+        """
+        def buffers(names):
+            return [self.parametrization(n).mask.view(-1) for n in names] if write_masks else None
+
+        if self.config.scope == "local" and self._strategy(values) == "grouped":
+            groups: dict[tuple, list[str]] = {}
+            for name, v in values.items():
+                groups.setdefault((tuple(v.shape), v.dtype), []).append(name)
+            out = {}
+            for group in groups.values():
+                keeps, thresholds = _keep_top_grouped([values[n].detach() for n in group], self.sparsity,
+                                                      out=buffers(group))
+                for name, keep, thr in zip(group, keeps, thresholds):
+                    out[name] = keep.view_as(values[name])
+                    self.parametrization(name).threshold = thr
+            return out
+        if self.config.scope == "local":
+            out = {}
+            for name, v in values.items():
+                p = self.parametrization(name)
+                hint, width = (self._hints.get(name), self._widths.get(name)) if use_hints else (None, None)
+                keeps, thr, self._widths[name] = _keep_top([v.detach().reshape(-1)], self.sparsity, hint, width,
+                                                           out=buffers([name]))
+                out[name] = keeps[0].view_as(v)
+                p.threshold = self._hints[name] = thr
+            return out
+        hint, width = (self._hints.get("*"), self._widths.get("*")) if use_hints else (None, None)
+        flats = [values[n].detach().reshape(-1) for n in values]
+        keeps, thr, self._widths["*"] = _keep_top(flats, self.sparsity, hint, width, out=buffers(list(values)))
+        self._hints["*"] = thr
+        out = {}
+        for name, keep in zip(values, keeps):
+            out[name] = keep.view_as(values[name])
+            self.parametrization(name).threshold = thr
+        return out
+
+    @torch.no_grad()
+    def project(self, step: int | None = None, force: bool = False) -> None:
+        """Recompute masks from scores. Call after every optimizer step with the global step."""
+        every = self.config.reproject_every
+        if force or every <= 1 or (step is not None and step % every == 0):
+            self._select({n: self.parametrization(n).scores for n in self.names}, write_masks=True)
+            return
+        for name in self.names:  # reference cadence: the threshold stays, the count drifts
+            p = self.parametrization(name)
+            torch.gt(p.scores, p.threshold, out=p.mask)
+
+    def set_sparsity(self, sparsity: float, reproject: bool = True) -> None:
+        """New target sparsity (sparsity schedules call this); re-projects the masks at once by default."""
+        if not 0.0 <= float(sparsity) <= 1.0:
+            raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+        self.sparsity = float(sparsity)
+        if reproject:
+            self.project(force=True)
+
+    @torch.no_grad()
+    def prune_magnitude(self, sparsity: float | None = None) -> None:
+        """Magnitude pruning of the effective weights |W * m| (IMP, GMP): local or global per config.scope.
+
+        Ranking the masked weights makes pruning monotone: an entry pruned earlier (value 0) stays pruned
+        when the sparsity grows. Scores are set to 2*phi / 0 so a later ``project`` keeps the same mask.
+        """
+        if sparsity is not None:
+            self.sparsity = float(sparsity)
+        values = {n: (self.original(n) * self.parametrization(n).mask).abs() for n in self.names}
+        keeps = self._select(values, use_hints=False)
+        for name, keep in keeps.items():
+            p = self.parametrization(name)
+            p.mask.copy_(keep)
+            p.scores.copy_(keep.to(p.scores.dtype) * 2 * self.config.phi)
+            p.threshold = self.config.phi
+        self._binary_scores_hints()
+
+    @torch.no_grad()
+    def load_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        """Set every mask from ``masks`` (e.g. ``load_masks(path)[0]``); scores follow (2*phi / 0)."""
+        missing = set(self.names) - set(masks)
+        if missing:
+            raise KeyError(f"mask file lacks matrices {sorted(missing)[:3]} (of {len(missing)} missing); "
+                           "was it saved for another backbone or prunable set?")
+        for name in self.names:
+            p = self.parametrization(name)
+            keep = masks[name].to(p.mask.device).bool()
+            if keep.shape != p.mask.shape:
+                raise ValueError(f"mask for {name} has shape {tuple(keep.shape)}, model has {tuple(p.mask.shape)}")
+            p.mask.copy_(keep)
+            p.scores.copy_(keep.to(p.scores.dtype) * 2 * self.config.phi)
+            p.threshold = self.config.phi
+        self._binary_scores_hints()
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs beyond the scores: the live masks, thresholds and target sparsity."""
+        return {"sparsity": self.sparsity,
+                "thresholds": {n: self.parametrization(n).threshold for n in self.names},
+                "masks": self.masks()}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        self.sparsity = float(state["sparsity"])
+        for name in self.names:
+            p = self.parametrization(name)
+            p.threshold = float(state["thresholds"][name])
+            p.mask.copy_(state["masks"][name].to(p.mask.device))
+
+    # -- reporting ------------------------------------------------------------------------------------
+    def sparsity_report(self, names: list[str] | None = None) -> dict:
+        masks = self.masks()
+        return sparsity_of({n: masks[n] for n in (names or self.names)})
+
+    def bake(self) -> None:
+        """Replace every parametrization by a plain weight W*m: the model saves/loads as a plain HF model."""
+        for module in self.modules.values():
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        self.modules = {}
+
+
+@torch.no_grad()
+def bake_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Multiply a plain (unparametrized) model's weights by ``masks`` in place: the zeros become real.
+
+    ``masks`` maps Linear module names to bool tensors of the weight's shape (what ``load_masks`` returns).
+    The result computes exactly what the masked model computes and saves as a plain HF model.
+    """
+    modules = dict(model.named_modules())
+    for name, keep in masks.items():
+        module = modules.get(name)
+        if module is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
+            raise KeyError(f"mask '{name}' names no weight-bearing module of {type(model).__name__}")
+        if parametrize.is_parametrized(module, "weight"):
+            raise ValueError(f"'{name}' is parametrized (a MaskSet is attached): use MaskSet.bake() instead")
+        if tuple(keep.shape) != tuple(module.weight.shape):
+            raise ValueError(f"mask for {name} has shape {tuple(keep.shape)}, weight has {tuple(module.weight.shape)}")
+        module.weight.mul_(keep.to(device=module.weight.device, dtype=module.weight.dtype))
+
+
+def sparsity_of(masks: dict[str, torch.Tensor]) -> dict:
+    """Per-matrix and total sparsity, counted from the masks (never assumed).
+
+    Returns {"total": zeros / numel, "zeros", "numel", "per_matrix": {name: fraction of zeros}}.
+    """
+    per = {}
+    zeros = total = 0
+    for name, m in masks.items():
+        z = int(m.numel() - int(m.bool().sum()))
+        per[name] = z / m.numel()
+        zeros += z
+        total += m.numel()
+    return {"total": zeros / total if total else 0.0, "zeros": zeros, "numel": total, "per_matrix": per}
+
+
+def mask_similarity(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, float]:
+    """How alike two mask sets are, over all their matrices together.
+
+    iou: |kept in a AND kept in b| / |kept in a OR kept in b| (1.0 when both keep nothing).
+    hamming: fraction of entries where the masks disagree (0.0 = identical).
+    Both mask sets must hold the same matrix names with the same shapes.
+    """
+    if set(a) != set(b):
+        only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+        raise KeyError(f"mask sets differ in matrices: only in first {only_a[:3]}, only in second {only_b[:3]}")
+    inter = union = differ = total = 0
+    for name in a:
+        x, y = a[name].detach().cpu().bool(), b[name].detach().cpu().bool()
+        if x.shape != y.shape:
+            raise ValueError(f"mask '{name}' has shape {tuple(x.shape)} in the first set, {tuple(y.shape)} in the second")
+        inter += int((x & y).sum())
+        union += int((x | y).sum())
+        differ += int((x ^ y).sum())
+        total += x.numel()
+    return {"iou": inter / union if union else 1.0, "hamming": differ / total if total else 0.0}
+
+
+# -- artifacts ----------------------------------------------------------------------------------------
+def package_version() -> str:
+    """The installed srnet-sweep version (a default code version for artifacts; callers may pass a git sha)."""
+    try:
+        from importlib.metadata import version
+
+        return version("srnet-sweep")
+    except Exception:  # noqa: BLE001 - not installed (running from a plain checkout)
+        return "unknown"
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A bool mask as bit-packed uint8 (8x smaller); ``unpack_bits`` needs its shape back."""
+    return torch.from_numpy(np.packbits(mask.detach().cpu().numpy().astype(bool).ravel()))
+
+
+def unpack_bits(bits: torch.Tensor, shape) -> torch.Tensor:
+    numel = int(np.prod(shape))
+    return torch.from_numpy(np.unpackbits(bits.cpu().numpy())[:numel].astype(bool).reshape(tuple(shape)))
+
+
+def pack_masks(masks: dict[str, torch.Tensor]) -> dict:
+    """Masks in a compact checkpointable form (``srnet_core.io.save_state`` stores it as it is)."""
+    return {"bits": {n: pack_bits(m) for n, m in masks.items()}, "shapes": {n: list(m.shape) for n, m in masks.items()}}
+
+
+def unpack_masks(packed: dict) -> dict[str, torch.Tensor]:
+    return {n: unpack_bits(bits, packed["shapes"][n]) for n, bits in packed["bits"].items()}
+
+
+def save_masks(path: str, masks: dict[str, torch.Tensor], metadata: dict | None = None, *,
+               model_family: str | None = None, target_sparsity: float | None = None,
+               code_version: str | None = None) -> None:
+    """Bit-packed masks in safetensors (8x smaller than bool), shapes and metadata in the header. Atomic.
+
+    The header always records: ``matrices`` (names, in order), ``shapes``, ``measured_sparsity`` (total) and
+    ``measured_sparsity_per_matrix``, counted from the masks; ``code_version`` (given, else the installed
+    package version). ``model_family`` / ``target_sparsity`` and any ``metadata`` entries are stored as
+    given; every value is JSON-encoded and ``load_masks`` decodes it.
+    """
+    from safetensors.torch import save_file
+
+    from .io import atomic_path
+
+    if not masks:
+        raise ValueError(f"save_masks({path!r}): no masks to save")
+    tensors = {name: pack_bits(m) for name, m in masks.items()}
+    shapes = {name: list(m.shape) for name, m in masks.items()}
+    report = sparsity_of({n: m.detach().cpu() for n, m in masks.items()})
+    fields = dict(metadata or {})
+    if model_family is not None:
+        fields["model_family"] = model_family
+    if target_sparsity is not None:
+        fields["target_sparsity"] = float(target_sparsity)
+    fields["code_version"] = code_version or fields.get("code_version") or package_version()
+    fields.update(matrices=list(masks), measured_sparsity=report["total"],
+                  measured_sparsity_per_matrix=report["per_matrix"])
+    meta = {key: json.dumps(value) for key, value in fields.items()}
+    meta.update(format=MASK_FORMAT, shapes=json.dumps(shapes))
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=meta)
+
+
+def load_masks(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """(masks as bool tensors in saved order, metadata with JSON values decoded)."""
+    from safetensors import safe_open
+
+    masks = {}
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != MASK_FORMAT:
+            raise ValueError(f"{path} is not an srnet mask file (format={meta.get('format')!r}); "
+                             "write mask files with srnet_core.masks.save_masks")
+        shapes = json.loads(meta["shapes"])
+        decoded = {k: (v if k == "format" else json.loads(v)) for k, v in meta.items()}
+        for name in decoded.get("matrices") or list(f.keys()):
+            masks[name] = unpack_bits(f.get_tensor(name), shapes[name])
+    return masks, decoded

@@ -1,0 +1,330 @@
+"""Stages: pure functions of (config, input artifacts) -> (output artifacts in out_dir, metric rows).
+
+A stage never knows about Ray: the caller passes ``report(record, state_fn)`` to see each evaluation (and
+checkpoint the state it is given) and ``resume_state`` to continue an interrupted run exactly. Inputs from
+upstream stages arrive as file paths in the config (init_weights, mask_file, bias_file, teacher_file).
+
+Outputs per stage kind:
+  finetune    weights.safetensors (best on ID dev), weights_step{N}.safetensors for each save_steps entry,
+              teacher.parquet (class probabilities over the training set) when save_teacher
+  mask_train  masks.safetensors (best on ID dev; the mask at its target sparsity at that time)
+  retrain     weights.safetensors (the fixed mask baked in: a plain HF state dict with zeros)
+  evaluate    metric rows only
+Every stage also writes summary.json.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import losses
+from .data import Encoded, encode
+from .io import atomic_path, write_json
+from .masks import MaskConfig, MaskSet, load_masks, save_masks, sparsity_of
+from .models import count_prunable, load_model, load_tokenizer, pick_device, prunable_linear_names
+from .tasks import get_task
+from .train import EvalRecord, TrainConfig, TrainLoop, predict_logits
+
+# Bump a stage's version when a change alters its results: its nodes (and everything downstream) re-run.
+STAGE_VERSION = {"bias_model": "1", "finetune": "1", "mask_train": "1", "imp": "1", "gmp": "1", "structured": "1",
+                 "retrain": "1", "evaluate": "1"}
+
+
+@dataclass
+class StageConfig:
+    """Everything one stage run depends on. Every field is documented once, here.
+
+    stage: the stage kind (see STAGE_VERSION).
+    task / task_options / data_dir: which task, its options (e.g. synthetic sizes, add_ood_train), where real
+        data lives (None: $SRNET_DATA_DIR).
+    backbone: ``minilm``, ``tiny-bert``, an HF hub name, or a model directory.
+    seed: fixes the classifier initialisation, data order and dropout.
+    sparsity: target fraction of zeros per prunable matrix (mask_train; the final target for gradual).
+    loss: std, poe, reweight or conf_reg (srnet_core.losses).
+    max_length: tokens per pair (truncation).
+    include_pooler / mask_classifier: mask the pooler / the classifier too (protocol.md section 1 lists both).
+    device: ``auto`` (GPU when present), ``cpu`` or ``cuda``.
+    init_weights: weights.safetensors of an upstream node to start from (paradigm (a)); None starts from the
+        pre-trained backbone with a randomly initialised classifier.
+    mask_file: a fixed mask (retrain, evaluate). bias_file / teacher_file: per-example bias log-probs /
+        teacher probabilities, joined to training examples by id.
+    save_steps: fine-tuning steps whose weights are saved for the timing paradigm.
+    save_teacher: after fine-tuning, save its class probabilities over the training set (for conf_reg).
+    gradual / imp / structured: options of those pruning schedules (None: not used).
+    """
+
+    stage: str = "mask_train"
+    task: str = "synthetic"
+    task_options: dict = field(default_factory=dict)
+    data_dir: str | None = None
+    backbone: str = "tiny-bert"
+    seed: int = 0
+    sparsity: float = 0.5
+    loss: str = "std"
+    max_length: int = 128
+    include_pooler: bool = True
+    mask_classifier: bool = True
+    device: str = "auto"
+    init_weights: str | None = None
+    mask_file: str | None = None
+    bias_file: str | None = None
+    teacher_file: str | None = None
+    save_steps: list[int] = field(default_factory=list)
+    save_teacher: bool = False
+    gradual: dict | None = None
+    imp: dict | None = None
+    structured: dict | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StageConfig":
+        d = dict(d)
+        train = TrainConfig(**d.pop("train", {}))
+        mask = MaskConfig(**d.pop("mask", {}))
+        return cls(train=train, mask=mask, **d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+Report = Callable[[EvalRecord, Callable[[], dict]], None]
+
+
+@dataclass
+class Context:
+    """What every stage needs, built once per run: data, tokenized splits, model, device."""
+
+    cfg: StageConfig
+    task: object
+    device: torch.device
+    train_split: object
+    splits: dict
+    train_enc: Encoded
+    eval_enc: dict[str, Encoded]
+    model: torch.nn.Module
+    started: float
+
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for name, enc in self.eval_enc.items():
+            logits = predict_logits(self.model, enc, self.cfg.train.eval_batch_size, self.device, self.cfg.train.amp)
+            out[name] = self.task.metrics(name, logits, self.splits[name])
+        return out
+
+    def selection(self, evals: dict) -> float:
+        """The ID-dev metric that picks checkpoints; OOD sets never take part in selection."""
+        primary = self.task.id_eval_splits[0]
+        return evals[primary][self.task.primary_metric(primary)]
+
+    def names(self, classifier: bool) -> list[str]:
+        return prunable_linear_names(self.model, include_pooler=self.cfg.include_pooler,
+                                     include_classifier=classifier)
+
+    def encoder_names(self) -> list[str]:
+        return prunable_linear_names(self.model, include_pooler=False, include_classifier=False)
+
+
+def prepare(cfg: StageConfig) -> Context:
+    started = time.time()
+    device = pick_device(cfg.device)
+    task = get_task(cfg.task, data_dir=cfg.data_dir, **cfg.task_options)
+    tokenizer = load_tokenizer(cfg.backbone)
+    train_split = task.load(task.train_split)
+    splits = {name: task.load(name) for name in task.eval_splits}
+    train_enc = encode(tokenizer, train_split, cfg.max_length)
+    eval_enc = {name: encode(tokenizer, s, cfg.max_length) for name, s in splits.items()}
+    model = load_model(cfg.backbone, task.num_labels, seed=cfg.seed)
+    if cfg.init_weights:
+        from safetensors.torch import load_file
+        model.load_state_dict(load_file(cfg.init_weights), strict=True)
+    model.to(device)
+    ctx = Context(cfg, task, device, train_split, splits, train_enc, eval_enc, model, started)
+    _attach_example_inputs(ctx)
+    return ctx
+
+
+def _attach_example_inputs(ctx: Context) -> None:
+    """Join per-example bias log-probs / teacher probabilities to the training examples by id."""
+    needs = losses.NEEDS.get(ctx.cfg.loss, ())
+    files = {"bias": ctx.cfg.bias_file, "teacher": ctx.cfg.teacher_file}
+    for name in needs:
+        if not files.get(name):
+            raise ValueError(f"loss '{ctx.cfg.loss}' needs a {name} file (stage config field '{name}_file')")
+    from .bias import read_per_example
+
+    for name in needs:
+        missing = getattr(ctx.task, "missing_bias", "error")
+        values, kept = read_per_example(files[name], ctx.train_enc.ids, ctx.task.num_labels, missing=missing,
+                                        check="log_probs" if name == "bias" else "probs")
+        if len(kept) != len(ctx.train_enc):
+            ctx.train_enc = ctx.train_enc.subset(kept)
+        ctx.train_enc = ctx.train_enc.with_extra(name, values)
+
+
+def _loop(ctx: Context, params, snapshot, after_step=None, current_sparsity=None, extra_state=None) -> TrainLoop:
+    return TrainLoop(ctx.model, params, ctx.train_enc, losses.get_loss(ctx.cfg.loss), ctx.cfg.train,
+                     evaluate=ctx.evaluate, selection=ctx.selection, snapshot=snapshot, device=ctx.device,
+                     after_step=after_step, current_sparsity=current_sparsity, extra_state=extra_state)
+
+
+def _run(loop: TrainLoop, report: Report | None, resume_state: dict | None) -> None:
+    if resume_state is not None:
+        loop.load_state(resume_state)
+    loop.train(on_eval=(lambda record, lp: report(record, lp.state)) if report else None)
+
+
+def _save_state_dict(path: str, model: torch.nn.Module) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
+
+
+def _summary(ctx: Context, out_dir: str, loop: TrainLoop | None, **extra) -> None:
+    summary = {"config": ctx.cfg.to_dict(), "wall_seconds": time.time() - ctx.started, "device": str(ctx.device),
+               "n_train": len(ctx.train_enc), **extra}
+    if loop is not None:
+        summary.update(best_step=loop.best_step, best_value=loop.best_value, total_steps=loop.total_steps,
+                       train_seconds=loop.train_seconds)
+    write_json(os.path.join(out_dir, "summary.json"), summary)
+
+
+# -- stages -------------------------------------------------------------------------------------------------
+def finetune(ctx: Context, out_dir: str, report: Report | None, resume_state: dict | None) -> list[dict]:
+    """Train all weights (dense); keep the best-on-ID-dev weights; optional step checkpoints and teacher."""
+    params = {n: p for n, p in ctx.model.named_parameters() if p.requires_grad}
+    save_steps = set(ctx.cfg.save_steps)
+
+    def after_step(step: int) -> None:
+        if step in save_steps and not os.path.exists(os.path.join(out_dir, f"weights_step{step}.safetensors")):
+            _save_state_dict(os.path.join(out_dir, f"weights_step{step}.safetensors"), ctx.model)
+
+    os.makedirs(out_dir, exist_ok=True)
+    loop = _loop(ctx, params, snapshot=lambda: params, after_step=after_step, current_sparsity=lambda: 0.0)
+    _run(loop, report, resume_state)
+    with torch.no_grad():  # the selected weights
+        for name, value in loop.best.items():
+            params[name].copy_(value)
+    _save_state_dict(os.path.join(out_dir, "weights.safetensors"), ctx.model)
+    if ctx.cfg.save_teacher:
+        write_teacher(os.path.join(out_dir, "teacher.parquet"), ctx)
+    _summary(ctx, out_dir, loop, measured_sparsity=0.0)
+    return rows_from_history(loop.history, loop.best_step, ctx.task)
+
+
+def write_teacher(path: str, ctx: Context) -> None:
+    """Class probabilities of the selected model over the (unshuffled) training set, keyed by example id."""
+    from .bias import write_per_example
+
+    logits = predict_logits(ctx.model, ctx.train_enc, ctx.cfg.train.eval_batch_size, ctx.device, ctx.cfg.train.amp)
+    probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+    write_per_example(path, ctx.train_enc.ids, probs, column="probs")
+
+
+def mask_train(ctx: Context, out_dir: str, report: Report | None, resume_state: dict | None) -> list[dict]:
+    """Train mask scores with frozen weights (straight-through); fixed or gradual target sparsity."""
+    cfg = ctx.cfg
+    for p in ctx.model.parameters():
+        p.requires_grad_(False)
+    names = ctx.names(classifier=cfg.mask_classifier)
+    start = cfg.gradual["s_initial"] if cfg.gradual else cfg.sparsity
+    mask_set = MaskSet(ctx.model, names, MaskConfig(**{**asdict(cfg.mask), "sparsity": start}))
+    params = {f"scores:{n}": mask_set.parametrization(n).scores for n in names}
+    encoder = ctx.encoder_names()
+    after_step = mask_set.project
+    if cfg.gradual:
+        from .pruning.gradual import gradual_mask_hook
+        after_step = gradual_mask_hook(mask_set, cfg.gradual, cfg.train, len(ctx.train_enc))
+    loop = _loop(ctx, params, snapshot=lambda: {f"mask:{n}": m for n, m in mask_set.masks().items()},
+                 after_step=after_step,
+                 # reported over the encoder matrices, the protocol's denominator (section 1)
+                 current_sparsity=lambda: mask_set.sparsity_report(encoder)["total"],
+                 extra_state=(mask_set.state_dict, mask_set.load_state_dict))
+    _run(loop, report, resume_state)
+    os.makedirs(out_dir, exist_ok=True)
+    best = {n: loop.best[f"mask:{n}"] for n in names}
+    measured_all = save_best_masks(out_dir, best, cfg, ctx.model)
+    _summary(ctx, out_dir, loop, measured_sparsity=sparsity_of({n: best[n] for n in encoder})["total"],
+             measured_sparsity_all_masked=measured_all, prunable_params=count_prunable(ctx.model, names))
+    return rows_from_history(loop.history, loop.best_step, ctx.task)
+
+
+def retrain(ctx: Context, out_dir: str, report: Report | None, resume_state: dict | None) -> list[dict]:
+    """Fine-tune the weights of a fixed subnetwork from the pre-trained weights ("in isolation", paradigm b;
+    sparse transfer). The classifier is not masked; the mask is loaded for every matrix the model shares
+    with it, so a mask found on another task (other label count) transfers."""
+    masks, _ = load_masks(ctx.cfg.mask_file)
+    names = [n for n in ctx.names(classifier=False) if n in masks]
+    if not names:
+        raise ValueError(f"mask file {ctx.cfg.mask_file} has no matrix of this model; was it made for another "
+                         "backbone?")
+    mask_set = MaskSet(ctx.model, names, MaskConfig(init="none", sparsity=0.0), train_scores=False)
+    mask_set.load_masks({n: masks[n] for n in names})
+    params = {n: p for n, p in ctx.model.named_parameters() if p.requires_grad}
+    encoder = [n for n in ctx.encoder_names() if n in names]
+    measured = mask_set.sparsity_report(encoder)["total"]
+    loop = _loop(ctx, params, snapshot=lambda: params, current_sparsity=lambda: measured)
+    _run(loop, report, resume_state)
+    with torch.no_grad():
+        for name, value in loop.best.items():
+            params[name].copy_(value)
+    mask_set.bake()  # plain weights with zeros: loads as an ordinary HF model
+    os.makedirs(out_dir, exist_ok=True)
+    _save_state_dict(os.path.join(out_dir, "weights.safetensors"), ctx.model)
+    _summary(ctx, out_dir, loop, measured_sparsity=measured)
+    return rows_from_history(loop.history, loop.best_step, ctx.task)
+
+
+def evaluate(ctx: Context, out_dir: str, report: Report | None, resume_state: dict | None) -> list[dict]:
+    """Evaluate given weights (and optionally a mask) on the task's ID and OOD sets."""
+    measured = 0.0
+    if ctx.cfg.mask_file:
+        masks, _ = load_masks(ctx.cfg.mask_file)
+        names = [n for n in ctx.names(classifier=True) if n in masks]
+        mask_set = MaskSet(ctx.model, names, MaskConfig(init="none", sparsity=0.0), train_scores=False)
+        mask_set.load_masks({n: masks[n] for n in names})
+        measured = mask_set.sparsity_report([n for n in ctx.encoder_names() if n in names])["total"]
+    record = EvalRecord(0, 0.0, ctx.evaluate(), measured)
+    os.makedirs(out_dir, exist_ok=True)
+    _summary(ctx, out_dir, None, measured_sparsity=measured)
+    return rows_from_history([record], 0, ctx.task)
+
+
+STAGES: dict[str, Callable] = {"finetune": finetune, "mask_train": mask_train, "retrain": retrain,
+                               "evaluate": evaluate}
+
+
+def run_stage(config: dict | StageConfig, out_dir: str, report: Report | None = None,
+              resume_state: dict | None = None) -> list[dict]:
+    """Run one stage; write its artifacts to ``out_dir``; return its metric rows (long format)."""
+    cfg = config if isinstance(config, StageConfig) else StageConfig.from_dict(config)
+    if cfg.stage not in STAGES:
+        raise ValueError(f"unknown stage '{cfg.stage}'; known: {sorted(STAGES)}")
+    ctx = prepare(cfg)
+    return STAGES[cfg.stage](ctx, out_dir, report, resume_state)
+
+
+def save_best_masks(out_dir: str, best: dict[str, torch.Tensor], cfg: StageConfig, model) -> float:
+    report = sparsity_of(best)
+    save_masks(os.path.join(out_dir, "masks.safetensors"), best, {
+        "model_family": model.config.model_type, "backbone": cfg.backbone,
+        "target_sparsity": cfg.sparsity, "matrices": list(best)})
+    return report["total"]
+
+
+def rows_from_history(history: list[EvalRecord], best_step: int, task) -> list[dict]:
+    rows = []
+    for record in history:
+        for split, metrics in record.metrics.items():
+            role = "id" if split in task.id_eval_splits else "ood"
+            for name, value in metrics.items():
+                rows.append({"step": record.step, "epoch": record.epoch, "eval_dataset": split,
+                             "eval_role": role, "metric": name, "value": float(value),
+                             "selected": record.step == best_step, "measured_sparsity": record.sparsity})
+    return rows

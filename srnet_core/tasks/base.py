@@ -1,0 +1,77 @@
+"""What every task provides: named splits of sentence pairs, a label order, and metrics per split."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class PairSplit:
+    """One split of a sentence-pair task. ``ids`` are stable per example (bias-prob joins use them)."""
+
+    name: str
+    ids: list[str]
+    text_a: list[str]
+    text_b: list[str]
+    labels: np.ndarray  # int64 indices into the task's label_names
+    extra: dict[str, list] = field(default_factory=dict)  # e.g. HANS "heuristic"
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, index) -> "PairSplit":
+        index = np.asarray(index, dtype=np.int64)
+        return PairSplit(
+            name=self.name,
+            ids=[self.ids[i] for i in index],
+            text_a=[self.text_a[i] for i in index],
+            text_b=[self.text_b[i] for i in index],
+            labels=self.labels[index],
+            extra={k: [v[i] for i in index] for k, v in self.extra.items()},
+        )
+
+
+def accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
+    return float((np.asarray(pred) == np.asarray(gold)).mean()) if len(gold) else float("nan")
+
+
+class Task:
+    """Subclasses set ``name``, ``label_names``, the split roles, and implement ``load``.
+
+    ``needs_data_dir``: the task reads files, so ``get_task`` passes it ``data_dir``.
+    ``bias_features``: which hand-crafted bias model fits this task (see ``srnet_core.bias``); None = none.
+    """
+
+    name: str = ""
+    label_names: list[str] = []
+    train_split: str = "train"
+    id_eval_splits: list[str] = []
+    ood_eval_splits: list[str] = []
+    needs_data_dir: bool = False
+    bias_features: str | None = None
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def eval_splits(self) -> list[str]:
+        return list(self.id_eval_splits) + list(self.ood_eval_splits)
+
+    def load(self, split: str) -> PairSplit:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def primary_metric(self, split: str) -> str:
+        return "accuracy"
+
+    def metrics(self, split: str, logits: np.ndarray, data: PairSplit) -> dict[str, float]:
+        return {"accuracy": accuracy(logits.argmax(-1), data.labels)}
+
+    def cache_key(self) -> dict:
+        """What identifies this task's data for caches: its name and options (JSON-serialisable)."""
+        options = getattr(self, "options", None)
+        if options is not None and hasattr(options, "__dataclass_fields__"):
+            from dataclasses import asdict
+            options = asdict(options)
+        return {"task": self.name, "options": options}

@@ -1,0 +1,72 @@
+"""QQP (ID) with PAWS-QQP and PAWS-Wiki (OOD), protocol.md section 7.
+
+Labels [not_duplicate, duplicate] = 0/1 as in GLUE and PAWS. The ID metric is the F1 of the duplicate
+class. PAWS sets are imbalanced (PAWS-QQP dev_and_test: 486 / 191), so a constant predictor can beat a
+biased model on F1: they also report accuracy, the F1 of each class and per-class accuracy.
+
+Splits: train, dev (ID); paws_qqp (dev_and_test, 677), paws_wiki (test, 8,000) (OOD); paws_qqp_train and
+paws_wiki_dev are loadable but not evaluated. Ids: the files' ``id`` column (GLUE's pair id for QQP, the
+key of the reference's bias dict).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import metrics as M
+from .base import PairSplit
+from .file_task import FileTask
+from .files import FileSpec
+
+LABELS = ["not_duplicate", "duplicate"]
+DUPLICATE = 1
+
+_GLUE = "GLUE (https://gluebenchmark.com/tasks, QQP zip; unpacks to QQP/), or nyu-mll/glue on the HF hub"
+_PAWS_QQP = ("PAWS-QQP, built from the Quora dump with qqp_generate_data.py of "
+             "github.com/google-research-datasets/paws (writes paws_qqp/{train,dev_and_test}.tsv)")
+_PAWS_WIKI = ("PAWS-Wiki Labeled (Final) from github.com/google-research-datasets/paws "
+              "(paws_wiki_labeled_final.tar.gz unpacks to final/{train,dev,test}.tsv)")
+
+
+def _qqp(what, names):
+    return FileSpec(what, names, text_a=("question1",), text_b=("question2",), label=("is_duplicate",),
+                    id=("id",), source=_GLUE)
+
+
+def _paws(what, names, source):
+    return FileSpec(what, names, text_a=("sentence1",), text_b=("sentence2",), label=("label",), id=("id",),
+                    source=source)
+
+
+FILES = {
+    "train": _qqp("QQP train", ("QQP/train.tsv", "qqp/train.tsv", "glue_data/QQP/train.tsv")),
+    "dev": _qqp("QQP dev", ("QQP/dev.tsv", "qqp/dev.tsv", "glue_data/QQP/dev.tsv")),
+    "paws_qqp": _paws("PAWS-QQP dev_and_test", ("paws_qqp/dev_and_test.tsv", "paws/qqp/dev_and_test.tsv",
+                                                 "paws_final/dev_and_test.tsv", "PAWS-QQP/dev_and_test.tsv"),
+                      _PAWS_QQP),
+    "paws_qqp_train": _paws("PAWS-QQP train", ("paws_qqp/train.tsv", "paws/qqp/train.tsv", "paws_final/train.tsv",
+                                               "PAWS-QQP/train.tsv"), _PAWS_QQP),
+    "paws_wiki": _paws("PAWS-Wiki test", ("paws_wiki/test.tsv", "paws_wiki/final/test.tsv", "paws/wiki/test.tsv",
+                                          "final/test.tsv"), _PAWS_WIKI),
+    "paws_wiki_dev": _paws("PAWS-Wiki dev", ("paws_wiki/dev.tsv", "paws_wiki/final/dev.tsv", "paws/wiki/dev.tsv",
+                                             "final/dev.tsv"), _PAWS_WIKI),
+}
+
+
+class QqpTask(FileTask):
+    name = "qqp"
+    label_names = LABELS
+    FILES = FILES
+    LABEL_MAPS = {"default": {"0": 0, "1": 1}}
+    skip_malformed = 1e-3  # GLUE's QQP reader skips rows with missing fields; more than 0.1% is an error
+    train_split = "train"
+    id_eval_splits = ["dev"]
+    ood_eval_splits = ["paws_qqp", "paws_wiki"]
+    bias_features = "pair_overlap"
+
+    def primary_metric(self, split: str) -> str:
+        return "f1_duplicate"
+
+    def metrics(self, split: str, logits: np.ndarray, data: PairSplit) -> dict[str, float]:
+        if split.startswith("paws"):
+            return M.classification_metrics(logits, data.labels, LABELS, f1_classes=(DUPLICATE, 0), per_class=True)
+        return M.classification_metrics(logits, data.labels, LABELS, f1_classes=(DUPLICATE,))

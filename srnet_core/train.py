@@ -1,0 +1,211 @@
+"""The one training loop: trains a given set of parameters (mask scores, or weights) with a given loss,
+evaluates every ``eval_every`` steps on every eval split, keeps the best-on-ID-dev snapshot, and can stop
+and resume exactly (same batches, same dropout draws, same optimizer state).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import Encoded, epoch_order, eval_batches
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by fine-tuning and mask training (protocol.md sections 2 and 6)."""
+
+    lr: float = 5e-5
+    epochs: float = 1.0
+    max_steps: int | None = None  # when set, overrides epochs
+    warmup_steps: int = 0
+    batch_size: int = 32
+    weight_decay: float = 0.0
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0  # global norm; 0 disables
+    eval_every: int = 100
+    eval_batch_size: int = 256
+    # Evals before this fraction of training are not eligible as "best" (0.7 when pruning a fine-tuned model).
+    select_from: float = 0.0
+    seed: int = 0
+    amp: str = "auto"  # "auto": bf16 autocast on a GPU that supports it; "off"; "bf16"
+
+    def total_steps(self, n_train: int) -> int:
+        per_epoch = max(1, math.ceil(n_train / self.batch_size))
+        return self.max_steps if self.max_steps else max(1, int(round(self.epochs * per_epoch)))
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup, then linear decay to 0 at ``total`` (the HF linear schedule)."""
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def autocast_context(device: torch.device, amp: str):
+    use = amp == "bf16" or (amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    if use:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def forward_logits(model: nn.Module, batch: dict, device) -> torch.Tensor:
+    keys = ["input_ids", "attention_mask"]
+    if "token_type_ids" in inspect.signature(model.forward).parameters:
+        keys.append("token_type_ids")
+    inputs = {k: batch[k].to(device, non_blocking=True) for k in keys}
+    return model(**inputs).logits
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, data: Encoded, batch_size: int, device, amp: str = "auto") -> np.ndarray:
+    """Logits in the split's original order; batches are length-sorted and padded per batch."""
+    was_training = model.training
+    model.eval()
+    out = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
+    with autocast_context(torch.device(device), amp):
+        for index in eval_batches(data.lengths(), batch_size):
+            out[index] = forward_logits(model, data.batch(index), device).float().cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+LossFn = Callable[[torch.Tensor, dict], torch.Tensor]
+EvalFn = Callable[[], dict[str, dict[str, float]]]  # split -> metric -> value
+
+
+@dataclass
+class EvalRecord:
+    step: int
+    epoch: float
+    metrics: dict[str, dict[str, float]]
+    sparsity: float | None = None
+
+
+class TrainLoop:
+    """Optimizer-driven loop over ``params``; hooks let mask training project masks after each step.
+
+    after_step(step): e.g. ``MaskSet.project`` or a sparsity schedule. snapshot(): what "best" keeps (masks
+    for mask training, weights for fine-tuning). selection(evals) -> float: the ID-dev metric to maximise.
+    """
+
+    def __init__(self, model: nn.Module, params: dict[str, nn.Parameter], train_data: Encoded, loss_fn: LossFn,
+                 config: TrainConfig, *, evaluate: EvalFn, selection: Callable[[dict], float],
+                 snapshot: Callable[[], dict[str, torch.Tensor]], device,
+                 after_step: Callable[[int], None] | None = None,
+                 current_sparsity: Callable[[], float] | None = None,
+                 extra_state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None,
+                 batch_offset: int = 0, lr_schedule: Callable[[int], float] | None = None):
+        self.model, self.params, self.data, self.loss_fn, self.config = model, params, train_data, loss_fn, config
+        self.evaluate, self.selection, self.snapshot = evaluate, selection, snapshot
+        self.after_step = after_step or (lambda step: None)
+        self.current_sparsity = current_sparsity
+        self.extra_state = extra_state  # (get, set) for state outside params/optimizer, e.g. mask thresholds
+        # Optional, for multi-phase runs (IMP levels): draw batches as if ``batch_offset`` steps were already
+        # taken, so a new loop continues through the data instead of restarting at epoch 0; and a custom LR
+        # factor per local step (default: linear warmup then linear decay to 0 over this loop).
+        self.batch_offset = int(batch_offset)
+        self.lr_schedule = lr_schedule
+        self.device = torch.device(device)
+        self.steps_per_epoch = max(1, math.ceil(len(train_data) / config.batch_size))
+        self.total_steps = config.total_steps(len(train_data))
+        self.optimizer = torch.optim.AdamW(list(params.values()), lr=config.lr, eps=config.adam_eps,
+                                           weight_decay=config.weight_decay)
+        self.step = 0
+        self.history: list[EvalRecord] = []
+        self.best_value = -math.inf
+        self.best_step = -1
+        self.best: dict[str, torch.Tensor] | None = None
+        self.train_seconds = 0.0
+
+    # -- checkpoint state -----------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "step": self.step,
+            "params": {n: p.detach().cpu().clone() for n, p in self.params.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "best_value": self.best_value,
+            "best_step": self.best_step,
+            "best": self.best or {},
+            "history": [asdict(r) for r in self.history],
+            "train_seconds": self.train_seconds,
+            "extra": self.extra_state[0]() if self.extra_state else {},
+        }
+
+    def load_state(self, state: dict) -> None:
+        with torch.no_grad():
+            for name, value in state["params"].items():
+                self.params[name].copy_(value.to(self.params[name].device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"])
+        if state["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.step = int(state["step"])
+        self.best_value = float(state["best_value"])
+        self.best_step = int(state["best_step"])
+        self.best = dict(state["best"]) or None
+        self.history = [EvalRecord(**r) for r in state["history"]]
+        self.train_seconds = float(state["train_seconds"])
+        if self.extra_state:
+            self.extra_state[1](state["extra"])
+        else:
+            self.after_step(self.step)
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def run_eval(self) -> EvalRecord:
+        record = EvalRecord(self.step, self.step / self.steps_per_epoch, self.evaluate(),
+                            self.current_sparsity() if self.current_sparsity else None)
+        self.history.append(record)
+        eligible = record.epoch >= self.config.select_from * (self.total_steps / self.steps_per_epoch) - 1e-9
+        value = self.selection(record.metrics)
+        if eligible and value > self.best_value:
+            self.best_value, self.best_step = value, self.step
+            self.best = {k: v.detach().cpu().clone() for k, v in self.snapshot().items()}
+        return record
+
+    def batches(self):
+        """Yield (step, batch) from the current step on; the order depends only on (seed, step)."""
+        while self.step < self.total_steps:
+            epoch, position = divmod(self.step + self.batch_offset, self.steps_per_epoch)
+            order = epoch_order(len(self.data), self.config.seed, epoch)
+            start = position * self.config.batch_size
+            yield self.data.batch(order[start: start + self.config.batch_size])
+
+    def train(self, on_eval: Callable[[EvalRecord, "TrainLoop"], None] | None = None) -> None:
+        cfg = self.config
+        self.model.train()
+        params = list(self.params.values())
+        if self.step == 0 and not self.history:
+            record = self.run_eval()  # step 0: e.g. plain magnitude pruning, or the dense starting point
+            if on_eval:
+                on_eval(record, self)
+        for batch in self.batches():
+            t0 = time.perf_counter()
+            factor = (self.lr_schedule(self.step) if self.lr_schedule is not None
+                      else lr_factor(self.step, cfg.warmup_steps, self.total_steps))
+            for group in self.optimizer.param_groups:
+                group["lr"] = cfg.lr * factor
+            with autocast_context(self.device, cfg.amp):
+                logits = forward_logits(self.model, batch, self.device)
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            loss = self.loss_fn(logits.float(), batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            self.optimizer.step()
+            self.step += 1
+            self.after_step(self.step)
+            self.train_seconds += time.perf_counter() - t0
+            if self.step % cfg.eval_every == 0 or self.step == self.total_steps:
+                record = self.run_eval()
+                if on_eval:
+                    on_eval(record, self)

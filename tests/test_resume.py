@@ -1,0 +1,98 @@
+"""A node interrupted mid-training resumes from its checkpoint to exactly the uninterrupted result."""
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+
+from srnet_core.masks import load_masks
+from workers.store import ArtifactStore
+from workers.store import CHECKPOINT
+from workers.trainable import run_node
+
+STAGE_CONFIG = {
+    "task": "synthetic", "task_options": {"n_train": 256, "n_dev": 64, "n_ood": 64},
+    "backbone": "tiny-bert", "seed": 3, "max_length": 40, "device": "cpu",
+    "train": {"lr": 1e-3, "epochs": 2, "batch_size": 16, "eval_every": 8},
+}
+
+
+class Interrupt(RuntimeError):
+    pass
+
+
+def _node(root, stage, **extra):
+    cfg = {**STAGE_CONFIG, "stage": stage, **extra}
+    return {"key": f"k-{stage}", "stage": stage, "stage_config": cfg, "inputs": {}, "artifact_root": str(root),
+            "columns": {"sweep": "t", "task": "synthetic", "paradigm": "c"}}
+
+
+def _interrupt_after(n_evals):
+    seen = []
+
+    def report(record):
+        seen.append(record.step)
+        if len(seen) == n_evals:
+            raise Interrupt(f"killed after step {record.step}")
+    return report
+
+
+VOLATILE = ["wall_seconds", "started_at", "ended_at", "gpu_hours"]
+
+
+@pytest.mark.parametrize("stage,artifact", [("mask_train", "masks.safetensors"),
+                                             ("finetune", "weights.safetensors")])
+def test_interrupted_equals_uninterrupted(tmp_path, stage, artifact):
+    extra = {"sparsity": 0.6} if stage == "mask_train" else {"sparsity": 0.0}
+    straight = tmp_path / "straight"
+    run_node(_node(straight, stage, **extra))
+
+    resumed = tmp_path / "resumed"
+    node = _node(resumed, stage, **extra)
+    with pytest.raises(Interrupt):
+        run_node(node, report=_interrupt_after(3))  # evals at steps 0, 8, 16: dies after the step-16 checkpoint
+    store = ArtifactStore(str(resumed))
+    assert not store.is_complete(stage, node["key"])
+    assert os.path.exists(os.path.join(store.node_dir(stage, node["key"]), CHECKPOINT))
+    steps = []
+    run_node(node, report=lambda r: steps.append(r.step))
+    assert steps[0] == 24  # continued after the checkpoint instead of starting over
+    assert store.is_complete(stage, node["key"], verify=True)
+
+    a_dir = ArtifactStore(str(straight)).node_dir(stage, node["key"])
+    b_dir = store.node_dir(stage, node["key"])
+    if stage == "mask_train":
+        a, _ = load_masks(os.path.join(a_dir, artifact))
+        b, _ = load_masks(os.path.join(b_dir, artifact))
+    else:
+        a, b = load_file(os.path.join(a_dir, artifact)), load_file(os.path.join(b_dir, artifact))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert (a[name] == b[name]).all(), name
+    rows_a = pd.read_parquet(os.path.join(a_dir, "rows.parquet")).drop(columns=VOLATILE)
+    rows_b = pd.read_parquet(os.path.join(b_dir, "rows.parquet")).drop(columns=VOLATILE)
+    pd.testing.assert_frame_equal(rows_a, rows_b)
+    assert not os.path.exists(os.path.join(b_dir, CHECKPOINT))  # the checkpoint is dropped once complete
+
+
+def test_complete_node_is_not_rerun(tmp_path):
+    node = _node(tmp_path, "mask_train", sparsity=0.5)
+    run_node(node)
+    calls = []
+    run_node(node, report=lambda r: calls.append(r))
+    assert calls == []
+
+
+def test_corrupted_artifact_detected(tmp_path):
+    node = _node(tmp_path, "mask_train", sparsity=0.5)
+    out = run_node(node)
+    store = ArtifactStore(str(tmp_path))
+    assert store.is_complete("mask_train", node["key"], verify=True)
+    with open(os.path.join(out, "masks.safetensors"), "r+b") as f:
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 0xFF]))
+    assert not store.is_complete("mask_train", node["key"], verify=True)

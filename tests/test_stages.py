@@ -1,0 +1,99 @@
+"""Stage outputs: fine-tuning checkpoints and teacher, re-training a fixed mask, evaluation."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from srnet_core.masks import load_masks, save_masks
+from srnet_core.models import load_model, prunable_linear_names
+from srnet_core.stages import run_stage
+
+BASE = {"task": "synthetic", "task_options": {"n_train": 128, "n_dev": 64, "n_ood": 64}, "backbone": "tiny-bert",
+        "seed": 1, "max_length": 40, "device": "cpu",
+        "train": {"lr": 1e-3, "epochs": 1, "batch_size": 16, "eval_every": 4}}
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("ft"))
+    rows = run_stage({**BASE, "stage": "finetune", "save_steps": [3, 6], "save_teacher": True}, out)
+    return out, rows
+
+
+def test_finetune_saves_step_checkpoints_and_teacher(finetuned):
+    out, rows = finetuned
+    assert sorted(f for f in os.listdir(out) if f.startswith("weights")) == [
+        "weights.safetensors", "weights_step3.safetensors", "weights_step6.safetensors"]
+    step3, step6 = load_file(f"{out}/weights_step3.safetensors"), load_file(f"{out}/weights_step6.safetensors")
+    assert any(not torch.equal(step3[k], step6[k]) for k in step3)  # really different moments of training
+    table = pq.read_table(f"{out}/teacher.parquet").to_pandas()
+    assert len(table) == 128 and table["id"].is_unique
+    probs = np.stack(table["probs"].to_numpy())
+    assert probs.shape == (128, 2) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert {r["step"] for r in rows} == {0, 4, 8}
+    assert sum(r["selected"] for r in rows if r["metric"] == "accuracy") == 2  # one checkpoint, two eval sets
+
+
+def test_finetuned_weights_load_as_plain_model(finetuned):
+    out, _ = finetuned
+    model = load_model("tiny-bert", 2, seed=123)
+    model.load_state_dict(load_file(f"{out}/weights.safetensors"), strict=True)
+
+
+def test_retrain_keeps_the_fixed_mask_and_bakes_it(tmp_path):
+    model = load_model("tiny-bert", 2, seed=0)
+    names = prunable_linear_names(model, include_pooler=True, include_classifier=False)
+    gen = torch.Generator().manual_seed(0)
+    masks = {n: torch.rand(dict(model.named_modules())[n].weight.shape, generator=gen) > 0.7 for n in names}
+    save_masks(str(tmp_path / "m.safetensors"), masks)
+    out = str(tmp_path / "retrain")
+    train = {**BASE["train"], "epochs": 4, "lr": 3e-3}
+    rows = run_stage({**BASE, "train": train, "task_options": {"n_train": 256, "n_dev": 64, "n_ood": 64},
+                      "stage": "retrain", "mask_file": str(tmp_path / "m.safetensors")}, out)
+    import json
+    assert json.load(open(f"{out}/summary.json"))["best_step"] > 0  # it learned: a trained checkpoint won
+    weights = load_file(f"{out}/weights.safetensors")
+    assert not any(".parametrizations." in k for k in weights)  # a plain HF state dict
+    for name, m in masks.items():
+        w = weights[f"{name}.weight"]
+        assert (w[~m] == 0).all()  # pruned entries stay exactly zero after training
+        assert (w[m] != 0).float().mean() > 0.99
+    pretrained = load_model("tiny-bert", 2, seed=BASE["seed"]).state_dict()
+    changed = [n for n in masks if not torch.equal(weights[f"{n}.weight"], pretrained[f"{n}.weight"] * masks[n])]
+    assert changed  # the kept weights were trained
+    measured = {r["measured_sparsity"] for r in rows}
+    encoder = [n for n in names if "pooler" not in n]
+    expected = sum(int((~masks[n]).sum()) for n in encoder) / sum(masks[n].numel() for n in encoder)
+    assert len(measured) == 1 and measured.pop() == pytest.approx(expected)
+
+
+def test_evaluate_with_mask(finetuned, tmp_path):
+    out, _ = finetuned
+    model = load_model("tiny-bert", 2)
+    names = prunable_linear_names(model, include_classifier=True)
+    masks = {n: torch.ones_like(dict(model.named_modules())[n].weight, dtype=torch.bool) for n in names}
+    save_masks(str(tmp_path / "ones.safetensors"), masks)
+    dense = run_stage({**BASE, "stage": "evaluate", "init_weights": f"{out}/weights.safetensors"}, str(tmp_path / "a"))
+    masked = run_stage({**BASE, "stage": "evaluate", "init_weights": f"{out}/weights.safetensors",
+                        "mask_file": str(tmp_path / "ones.safetensors")}, str(tmp_path / "b"))
+    assert [r["value"] for r in dense] == [r["value"] for r in masked]  # an all-ones mask changes nothing
+    ft_rows = {(r["eval_dataset"], r["metric"]): r["value"] for r in _selected(out)}
+    assert {(r["eval_dataset"], r["metric"]): r["value"] for r in dense} == pytest.approx(ft_rows)
+
+
+def _selected(out):
+    import json
+    summary = json.load(open(f"{out}/summary.json"))
+    rows = run_stage({**BASE, "stage": "evaluate", "init_weights": f"{out}/weights.safetensors"}, out + "_eval")
+    assert summary["best_step"] in (0, 4, 8)
+    return rows
+
+
+def test_loss_needing_bias_without_file_names_the_field(tmp_path):
+    with pytest.raises(ValueError, match="needs a bias file .*'bias_file'"):
+        run_stage({**BASE, "stage": "finetune", "loss": "poe"}, str(tmp_path))

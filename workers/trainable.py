@@ -1,0 +1,107 @@
+"""The Ray Tune function trainable that runs one srnet_core stage node.
+
+config = {"node": {"key", "stage", "stage_config", "inputs": {name: path}, "artifact_root", "columns"}}
+At every evaluation it reports metrics to Tune and checkpoints the full training state (weights or scores,
+optimizer, RNG, best snapshot, eval history) into the node's own directory in the artifact store, so a
+retried trial, a relaunched sweep or a different Tune experiment resumes the node exactly where it stopped.
+Tune's own experiment state is disposable. On success it writes ``rows.parquet`` and marks the node complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import pandas as pd
+from ray import tune
+
+from srnet_core.io import atomic_path, load_state, save_state
+from srnet_core.stages import run_stage
+from srnet_core.train import EvalRecord
+
+from .provenance import provenance
+from .store import ArtifactStore
+
+STATE_FILE = "train_state.safetensors"
+
+
+def flat_metrics(record: EvalRecord) -> dict:
+    out = {"step": record.step, "epoch": record.epoch}
+    if record.sparsity is not None:
+        out["measured_sparsity"] = record.sparsity
+    for split, metrics in record.metrics.items():
+        for name, value in metrics.items():
+            out[f"{split}/{name}"] = value
+    return out
+
+
+def config_columns(stage_config: dict, prefix: str = "cfg.") -> dict:
+    """Every stage-config field as a scalar column: ``cfg.train.lr``, ``cfg.mask.init``, ... (dicts flattened,
+    other non-scalars JSON-encoded) so results can be filtered by any setting."""
+    out = {}
+    for key, value in stage_config.items():
+        if isinstance(value, dict) and value and key != "task_options":
+            out.update(config_columns(value, f"{prefix}{key}."))
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            out[f"{prefix}{key}"] = value
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value, sort_keys=True)
+    return out
+
+
+def run_node(node: dict, report=None) -> str:
+    """Run a node (inside Tune or not), resuming from its checkpoint; returns its local artifact directory.
+    Idempotent once complete. ``report(record)`` sees every evaluation."""
+    store = ArtifactStore(node["artifact_root"])
+    stage, key = node["stage"], node["key"]
+    out_dir = store.node_dir(stage, key)
+    if store.is_complete(stage, key):
+        return out_dir
+    state_path = store.checkpoint_path(stage, key, STATE_FILE)
+    resume_from = store.pull_checkpoint(stage, key, STATE_FILE)
+    resume_state = load_state(resume_from) if resume_from else None
+
+    def on_eval(record: EvalRecord, state_fn) -> None:
+        save_state(state_path, state_fn())  # atomic: a kill mid-write leaves the previous checkpoint
+        store.push_checkpoint(stage, key, STATE_FILE)
+        if report:
+            report(record)
+
+    started = time.time()
+    stage_config = dict(node["stage_config"])
+    for name, (up_stage, up_key, filename) in node.get("inputs", {}).items():
+        stage_config[name] = store.fetch(up_stage, up_key, filename)
+    rows = run_stage(stage_config, out_dir, report=on_eval, resume_state=resume_state)
+    ended = time.time()
+    frame = result_frame(node, rows, started, ended)
+    with atomic_path(os.path.join(out_dir, "rows.parquet")) as tmp:
+        frame.to_parquet(tmp, index=False)
+    shutil.rmtree(os.path.dirname(state_path), ignore_errors=True)  # outputs are saved; the state is not needed
+    store.mark_complete(stage, key, {"node": node, "wall_seconds": ended - started, **provenance()})
+    return out_dir
+
+
+def result_frame(node: dict, rows: list[dict], started: float, ended: float) -> pd.DataFrame:
+    """The node's metric rows with its descriptive columns, config columns and provenance."""
+    frame = pd.DataFrame(rows)
+    for column, value in {**node.get("columns", {}), **config_columns(node["stage_config"])}.items():
+        if column not in frame:  # a stage may set its own (IMP sets target_sparsity per level)
+            frame[column] = value
+    prov = provenance()
+    gpus = float(node.get("resources", {}).get("gpu", 0.0)) if prov["gpu_type"] else 0.0
+    frame["node_key"] = node["key"]
+    frame["stage"] = node["stage"]
+    frame["status"] = "completed"
+    frame["wall_seconds"] = ended - started
+    frame["started_at"] = pd.Timestamp(started, unit="s")
+    frame["ended_at"] = pd.Timestamp(ended, unit="s")
+    for name, value in prov.items():
+        frame[name] = value
+    frame["gpus_used"] = gpus
+    frame["gpu_hours"] = (ended - started) / 3600 * gpus
+    return frame
+
+
+def stage_trainable(config: dict) -> None:
+    run_node(config["node"], report=lambda record: tune.report(flat_metrics(record)))
