@@ -18,6 +18,18 @@ if os.path.isdir(_default_data):
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny test models gain nothing from intra-op threads, and on a 2-core machine OpenMP contention makes
+    them several times slower. (Ray trials run in their own processes with their own thread count.)"""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def ray_env(tmp_path_factory):
     """One embedded Ray for the whole session (starting Ray costs seconds and ~640 MiB).

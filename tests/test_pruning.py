@@ -338,3 +338,41 @@ def test_structured_prune_reaches_the_targets_iteratively():
     # every pruned head's gate gradient is now zero: pruned units stay ranked last
     heads, _ = compute_importance(model, random_data(), ce, batch_size=8, batches=2, device="cpu")
     assert (heads[~last.head_mask] == 0).all()
+
+
+def test_structured_pruning_works_on_distilbert_too():
+    import transformers
+    from transformers import AutoModelForSequenceClassification, DistilBertConfig
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(DistilBertConfig(
+        dim=32, n_layers=2, n_heads=4, hidden_dim=64, vocab_size=30522, max_position_embeddings=64, num_labels=2))
+    model.eval()
+    data = random_data(16)
+    heads, neurons = compute_importance(model, data, ce, batch_size=8, batches=2, device="cpu")
+    assert heads.shape == (2, 4) and neurons.shape == (2, 64) and (heads > 0).all()
+    head_alive = select_alive(normalize_per_layer(heads), torch.ones(2, 4, dtype=torch.bool), 0.5)
+    neuron_alive = select_alive(normalize_per_layer(neurons), torch.ones(2, 64, dtype=torch.bool), 0.5)
+    assert int((~head_alive).sum()) == 4 and int((~neuron_alive).sum()) == 64
+    batch = data.batch(range(4))
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    bake_masks(model, structured_weight_masks(model, head_alive, neuron_alive))
+    with torch.no_grad():
+        masked = model(**inputs).logits
+        small = shrink_model(model, head_alive, neuron_alive)
+        assert torch.allclose(small(**inputs).logits, masked, atol=1e-6)
+
+
+def test_options_reject_bad_values():
+    with pytest.raises(ValueError, match="rewind"):
+        ImpOptions(rewind="later")
+    with pytest.raises(ValueError, match="rewind"):
+        ImpOptions(rewind=True)
+    assert ImpOptions(rewind="pretrained").rewind == "start"
+    with pytest.raises(ValueError, match="schedule"):
+        ImpOptions(schedule="cubic")
+    with pytest.raises(ValueError, match="head_sparsity"):
+        StructuredOptions(head_sparsity=1.0)
+    with pytest.raises(ValueError, match="select"):
+        GradualOptions(select="best")

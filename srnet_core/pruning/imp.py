@@ -32,9 +32,9 @@ class ImpOptions:
     intervals: the run's t_total (TrainConfig.total_steps) is cut into this many intervals, one per level
         (the reference: t_total / 10 steps between prunes). ``level_steps`` overrides the interval length.
     scope: ``local`` (per matrix, the protocol) or ``global`` L1 magnitude.
-    rewind: None (no rewinding: IMP from a fine-tuned model); ``start`` = after every prune, reset the
-        weights to their values when IMP started (imp-rw from the pre-trained model: the pre-trained
-        weights); an int k = to their values after k optimizer steps of the first level (late rewinding).
+    rewind: None (no rewinding: IMP from a fine-tuned model); ``start`` (alias ``pretrained``) = after
+        every prune, reset the weights to their values when IMP started (imp-rw from the pre-trained model:
+        the pre-trained weights); an int k = to their values after k optimizer steps of the first level.
     rewind_exclude: regexes of parameter names never rewound; None = the model family's classifier
         (the reference does not rewind the classifier).
     lr_horizon: ``run`` = the reference: each level re-creates warmup + linear decay over the whole t_total
@@ -58,9 +58,12 @@ class ImpOptions:
             raise ValueError(f"imp rate must be in (0, 1), got {self.rate}")
         if not 0.0 < self.final < 1.0:
             raise ValueError(f"imp final sparsity must be in (0, 1), got {self.final}")
+        if self.rewind == "pretrained":  # the same thing when IMP starts from the pre-trained model
+            self.rewind = "start"
         if self.rewind is not None and self.rewind != "start" and not (
-                isinstance(self.rewind, int) and self.rewind >= 0):
-            raise ValueError(f"imp rewind must be None, 'start' or a step k >= 0, got {self.rewind!r}")
+                isinstance(self.rewind, int) and not isinstance(self.rewind, bool) and self.rewind >= 0):
+            raise ValueError(f"imp rewind must be None, 'start' (alias 'pretrained') or a step k >= 0, "
+                             f"got {self.rewind!r}")
         if self.lr_horizon not in ("run", "level"):
             raise ValueError(f"imp lr_horizon must be 'run' or 'level', got {self.lr_horizon!r}")
 
