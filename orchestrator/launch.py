@@ -84,6 +84,7 @@ def run_wave(spec: SweepSpec, nodes: list[Node], store: ArtifactStore, wave: int
         param_space={"node": tune.grid_search([node_payload(n, store, resources) for n in nodes])},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=spec.resources.max_concurrent_trials,
+            reuse_actors=True,  # a new trial process costs seconds (torch + transformers imports)
             trial_dirname_creator=lambda trial: trial.config["node"]["key"],
             trial_name_creator=lambda trial: f"{trial.config['node']['stage']}-{trial.config['node']['key']}",
         ),

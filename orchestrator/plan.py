@@ -88,6 +88,7 @@ class _Builder:
     def __init__(self, spec: SweepSpec):
         self.spec = spec
         self.nodes: dict[str, Node] = {}
+        self.ft_std: dict[tuple, Node] = {}  # (task, backbone, seed) -> the std fine-tuning everything shares
 
     def add(self, node: Node) -> Node:
         existing = self.nodes.get(node.key)
@@ -152,8 +153,8 @@ def build_plan(spec: SweepSpec) -> Plan:
     b = _Builder(spec)
     g, po = spec.grid, spec.paradigm_options
     timing_steps = sorted(set(po.timing.steps)) if po.timing and "timing" in g.paradigms else []
-    wants_teacher = "conf_reg" in g.losses or (po.timing and po.timing.loss == "conf_reg") or \
-        po.gradual.loss == "conf_reg"
+    used_losses = set(g.losses) | set(po.c.losses or []) | {po.gradual.loss} | ({po.timing.loss} if po.timing else set())
+    wants_teacher = "conf_reg" in used_losses
 
     for task in g.tasks:
         for backbone in g.backbones:
@@ -168,6 +169,7 @@ def _task_nodes(b: _Builder, spec: SweepSpec, task: str, backbone: str, seed: in
     g, po = spec.grid, spec.paradigm_options
     col = b.columns
     ft_std = b.finetune(task, backbone, seed, "std", save_steps=timing_steps, save_teacher=wants_teacher)
+    b.ft_std[(task, backbone, seed)] = ft_std
 
     def mask_train(init: Node | None, loss: str, sparsity: float, paradigm: str, *, task_options=None,
                    gradual: dict | None = None, init_file: str = "weights.safetensors", extra_cols=None) -> Node:
@@ -212,6 +214,8 @@ def _task_nodes(b: _Builder, spec: SweepSpec, task: str, backbone: str, seed: in
                                                 train_stage="gmp" if method == "gmp" else "mask_train")
                             if method == "structured":
                                 cfg["structured"] = spec.structured_options.model_dump()
+                            else:
+                                cfg["gradual"] = spec.gmp_options.model_dump()
                             inputs = {**b.loss_inputs(task, l2, ft_std), "init_weights": Input(ft, "weights.safetensors")}
                             b.add(Node(method, cfg, inputs, columns=col(task, backbone, seed, "a", l2, s,
                                                                          method=method, **extra)))
@@ -220,7 +224,7 @@ def _task_nodes(b: _Builder, spec: SweepSpec, task: str, backbone: str, seed: in
     if "b" in g.paradigms:
         for source in po.b.mask_sources:
             if source == "imp_rw":
-                imp = _imp_node(b, spec, task, backbone, seed, "poe", None, "b_source", ft_std, {}, rewind="pretrained")
+                imp = _imp_node(b, spec, task, backbone, seed, "poe", None, "b", ft_std, {}, rewind="pretrained")
             for s in g.sparsities:
                 if source == "imp_rw":
                     src, mask_file = imp, imp_mask_file(s)
@@ -269,7 +273,8 @@ def _task_nodes(b: _Builder, spec: SweepSpec, task: str, backbone: str, seed: in
     # Gradual: cubic schedule s_initial -> s_final during mask training of the std fine-tuned model
     if "gradual" in g.paradigms:
         gr = po.gradual
-        schedule = gr.model_dump(exclude={"loss"})
+        schedule = {"initial": gr.s_initial, "start": gr.start, "end": gr.end, "unit": gr.unit,
+                    "frequency": gr.frequency}
         mask_train(ft_std, gr.loss, gr.s_final, "gradual", gradual=schedule,
                    extra_cols={"finetune_loss": "std", "s_initial": gr.s_initial})
 
@@ -279,10 +284,10 @@ def imp_mask_file(sparsity: float) -> str:
 
 
 def imp_levels(spec: SweepSpec) -> list[float]:
-    n = spec.imp_options.levels
-    if spec.imp_options.schedule == "reference":  # k/n of the ORIGINAL weights at round k: 0.1 .. 0.9 for n=10
-        return [round(k / n, 6) for k in range(1, n)]
-    return [round(1 - 0.8 ** k, 6) for k in range(1, n + 1)]  # geometric: 20% of the remaining each round
+    from srnet_core.pruning.imp import ImpOptions, imp_levels as levels_of
+
+    o = spec.imp_options
+    return levels_of(ImpOptions(schedule=o.schedule, rate=o.rate, final=o.final, intervals=o.intervals))
 
 
 def _check_imp_level(spec: SweepSpec, s: float) -> None:
@@ -294,7 +299,7 @@ def _check_imp_level(spec: SweepSpec, s: float) -> None:
 def _imp_node(b: _Builder, spec: SweepSpec, task, backbone, seed, loss, init: Node | None, paradigm, ft_std,
               extra, rewind: str = "none") -> Node:
     cfg = b.base_config("imp", task, backbone, seed, loss, max(imp_levels(spec)))
-    cfg["imp"] = {**spec.imp_options.model_dump(), "levels_list": imp_levels(spec), "rewind": rewind}
+    cfg["imp"] = {**spec.imp_options.model_dump(), "rewind": rewind}
     inputs = b.loss_inputs(task, loss, ft_std)
     if init is not None:
         inputs["init_weights"] = Input(init, "weights.safetensors")
@@ -310,7 +315,7 @@ def _transfer_nodes(b: _Builder, spec: SweepSpec) -> None:
     for source in tr.source_tasks:
         for backbone in spec.grid.backbones:
             for seed in spec.grid.seeds:
-                ft = b.finetune(source, backbone, seed, "std")
+                ft = b.ft_std.get((source, backbone, seed)) or b.finetune(source, backbone, seed, "std")
                 for s in spec.grid.sparsities:
                     cfg = b.base_config("mask_train", source, backbone, seed, "std", s)
                     cfg["train"]["select_from"] = 0.7
@@ -341,7 +346,9 @@ def train_size(task: str, options: dict) -> int:
         size = hint("train", **options)
         if size:
             return int(size)
-    return TRAIN_SIZES.get(task, 100_000)
+    size = options.get("train_size", 8_000) if options.get("train_source") == "dev_matched" else \
+        TRAIN_SIZES.get(task, 100_000)
+    return min(size, options.get("max_train_rows") or size)
 
 
 def eval_size(task: str, options: dict) -> int:
@@ -352,7 +359,9 @@ def eval_size(task: str, options: dict) -> int:
         size = hint("eval", **options)
         if size:
             return int(size)
-    return EVAL_SIZES.get(task, 20_000)
+    size = EVAL_SIZES.get(task, 20_000)
+    cap = options.get("max_eval_rows")
+    return min(size, 3 * cap) if cap else size  # a task has about three eval sets
 
 
 # Rough single-GPU throughput (A100/H100 class, bf16, batch 32 x 128): training steps/s and eval examples/s.

@@ -93,10 +93,10 @@ class Gradual(_Strict):
     s_initial: float = Field(0.7, gt=0, lt=1)
     s_final: float = Field(0.9, gt=0, lt=1)
     loss: LossName = "std"
-    unit: Literal["epochs", "steps"] = "epochs"
+    unit: Literal["epoch", "step"] = "epoch"
     start: float = 0.0  # t0, in `unit`
     end: float | None = None  # t_f, in `unit`; None = the last epoch (or step)
-    every: int | None = None  # update the target every N steps; None = every eval interval (the reference)
+    frequency: int | None = None  # update the target every N steps; None = every eval interval (the reference)
 
     @model_validator(mode="after")
     def _increasing(self):
@@ -121,15 +121,35 @@ class ParadigmOptions(_Strict):
 
 
 class IMPOptions(_Strict):
-    levels: int = Field(10, ge=2, le=50)  # rounds; the reference: 10 rounds of 10% of the original weights
+    """srnet_core.pruning.imp.ImpOptions: reference = each round prunes `rate` of the ORIGINAL weights up to
+    `final` (0.1 .. 0.9), geometric = `rate` of the remaining; `intervals` training intervals per run."""
+
     schedule: Literal["reference", "geometric"] = "reference"
+    rate: float = Field(0.1, gt=0, lt=1)
+    final: float = Field(0.9, gt=0, lt=1)
+    intervals: int = Field(10, ge=1)
     scope: Literal["local", "global"] = "local"
+    lr_horizon: Literal["run", "level"] = "run"
+
+
+class GMPOptions(_Strict):
+    """Gradual magnitude pruning 0 -> the grid sparsity on a cubic schedule (srnet_core.pruning.gradual)."""
+
+    initial: float = Field(0.0, ge=0, lt=1)
+    unit: Literal["epoch", "step"] = "epoch"
+    start: float = 0.0
+    end: float | None = None  # None: the end of training
+    frequency: int | None = None  # steps between updates; None: every eval interval
 
 
 class StructuredOptions(_Strict):
-    head_fraction: float | None = None  # None: the target sparsity
-    neuron_fraction: float | None = None
-    iterations: int = Field(1, ge=1)
+    """srnet_core.pruning.structured.StructuredOptions; fractions default to the grid sparsity."""
+
+    head_sparsity: float | None = Field(None, ge=0, lt=1)
+    neuron_sparsity: float | None = Field(None, ge=0, lt=1)
+    rounds: int = Field(1, ge=1)
+    importance_batches: int = Field(16, ge=1)
+    ranking: Literal["global", "layer"] = "global"
 
 
 class StageOverrides(_Strict):
@@ -178,6 +198,7 @@ class SweepSpec(_Strict):
     task_overrides: dict[str, StageOverrides] = {}
     mask: MaskConfig = MaskConfig()
     imp_options: IMPOptions = IMPOptions()
+    gmp_options: GMPOptions = GMPOptions()
     structured_options: StructuredOptions = StructuredOptions()
     resources: Resources = Resources()
 

@@ -233,26 +233,126 @@ def mask_train(ctx: Context, out_dir: str, report: Report | None, resume_state: 
     for p in ctx.model.parameters():
         p.requires_grad_(False)
     names = ctx.names(classifier=cfg.mask_classifier)
-    start = cfg.gradual["s_initial"] if cfg.gradual else cfg.sparsity
-    mask_set = MaskSet(ctx.model, names, MaskConfig(**{**asdict(cfg.mask), "sparsity": start}))
+    if cfg.gradual:
+        return _gradual(ctx, out_dir, report, resume_state, names, train_weights=False)
+    mask_set = MaskSet(ctx.model, names, MaskConfig(**{**asdict(cfg.mask), "sparsity": cfg.sparsity}))
     params = {f"scores:{n}": mask_set.parametrization(n).scores for n in names}
     encoder = ctx.encoder_names()
-    after_step = mask_set.project
-    if cfg.gradual:
-        from .pruning.gradual import gradual_mask_hook
-        after_step = gradual_mask_hook(mask_set, cfg.gradual, cfg.train, len(ctx.train_enc))
     loop = _loop(ctx, params, snapshot=lambda: {f"mask:{n}": m for n, m in mask_set.masks().items()},
-                 after_step=after_step,
+                 after_step=mask_set.project,
                  # reported over the encoder matrices, the protocol's denominator (section 1)
                  current_sparsity=lambda: mask_set.sparsity_report(encoder)["total"],
                  extra_state=(mask_set.state_dict, mask_set.load_state_dict))
     _run(loop, report, resume_state)
     os.makedirs(out_dir, exist_ok=True)
     best = {n: loop.best[f"mask:{n}"] for n in names}
-    measured_all = save_best_masks(out_dir, best, cfg, ctx.model)
+    measured_all = _save_masks(ctx, os.path.join(out_dir, "masks.safetensors"), best, cfg.sparsity)
     _summary(ctx, out_dir, loop, measured_sparsity=sparsity_of({n: best[n] for n in encoder})["total"],
              measured_sparsity_all_masked=measured_all, prunable_params=count_prunable(ctx.model, names))
     return rows_from_history(loop.history, loop.best_step, ctx.task)
+
+
+def _gradual_options(ctx: Context, initial: float):
+    from .pruning.gradual import GradualOptions
+
+    g = ctx.cfg.gradual or {}
+    return GradualOptions(initial=g.get("initial", initial), final=ctx.cfg.sparsity, start=g.get("start", 0.0),
+                          end=g.get("end"), unit=g.get("unit", "epoch"),
+                          frequency=g.get("frequency") or ctx.cfg.train.eval_every, scope=ctx.cfg.mask.scope,
+                          select=g.get("select", "any"), reproject_every=ctx.cfg.mask.reproject_every)
+
+
+def _gradual(ctx: Context, out_dir: str, report, resume_state, names, train_weights: bool) -> list[dict]:
+    """Cubic-schedule pruning: gradual mask training (frozen weights, 0.7 -> 0.9 in the reference) or GMP
+    (Sparse*BERT: weights trained, magnitude masks 0 -> s_f). The saved mask is the selected checkpoint's,
+    at the sparsity the schedule had then (the reference's re-threshold-to-s_i bug is not copied)."""
+    from .pruning.gradual import gmp, gradual_mask_train
+
+    run = gmp if train_weights else gradual_mask_train
+    options = _gradual_options(ctx, 0.0 if train_weights else 0.7)
+    result = run(ctx.model, names, ctx.train_enc, losses.get_loss(ctx.cfg.loss), ctx.cfg.train,
+                 evaluate=ctx.evaluate, selection=ctx.selection, device=ctx.device, options=options,
+                 report=report, resume_state=resume_state)
+    os.makedirs(out_dir, exist_ok=True)
+    _save_masks(ctx, os.path.join(out_dir, "masks.safetensors"), result.masks, result.target_sparsity)
+    if train_weights:
+        result.mask_set.bake()  # weights with real zeros: a plain HF model
+        _save_state_dict(os.path.join(out_dir, "weights.safetensors"), ctx.model)
+    write_json(os.path.join(out_dir, "summary.json"), {
+        "config": ctx.cfg.to_dict(), "wall_seconds": time.time() - ctx.started, "best_step": result.best_step,
+        "best_value": result.best_value, "target_sparsity_at_best": result.target_sparsity,
+        "measured_sparsity": result.encoder_sparsity, "final_sparsity_reached": result.final_sparsity_reached,
+        "total_steps": result.total_steps, "train_seconds": result.train_seconds})
+    return rows_from_history(result.history, result.best_step, ctx.task)
+
+
+def gmp_stage(ctx: Context, out_dir: str, report: Report | None, resume_state: dict | None) -> list[dict]:
+    """Gradual magnitude pruning of a (fine-tuned) model with its weights trained; classifier not pruned."""
+    return _gradual(ctx, out_dir, report, resume_state, ctx.names(classifier=False), train_weights=True)
+
+
+def imp_stage(ctx: Context, out_dir: str, report: Report | None, resume_state: dict | None) -> list[dict]:
+    """Iterative magnitude pruning: one run gives every level (0.1 .. 0.9 by default), each saved as
+    ``masks_s{level:.2f}.safetensors``; a level's result is the last evaluation of its interval (protocol 3).
+    With ``rewind`` the encoder weights go back to their starting values after each prune (imp-rw)."""
+    from .pruning.imp import ImpOptions, imp
+
+    o = dict(ctx.cfg.imp or {})
+    rewind = o.pop("rewind", None)
+    options = ImpOptions(**{k: v for k, v in o.items() if k in ImpOptions.__dataclass_fields__},
+                         rewind=None if rewind in (None, "none") else rewind)
+    os.makedirs(out_dir, exist_ok=True)
+
+    def on_level(level, model) -> None:
+        _save_masks(ctx, os.path.join(out_dir, f"masks_s{level.target_sparsity:.2f}.safetensors"), level.masks,
+                    level.target_sparsity, imp_level=level.level)
+
+    levels = imp(ctx.model, ctx.names(classifier=False), ctx.train_enc, losses.get_loss(ctx.cfg.loss), ctx.cfg.train,
+                 evaluate=ctx.evaluate, selection=ctx.selection, device=ctx.device, options=options,
+                 on_level=on_level, report=report, resume_state=resume_state)
+    rows = []
+    for level in levels:
+        for row in rows_from_history(
+                [EvalRecord(level.start_step + r.step, r.epoch, r.metrics, level.encoder_sparsity) for r in level.history],
+                level.start_step + level.final.step, ctx.task):
+            rows.append({**row, "target_sparsity": level.target_sparsity, "imp_level": level.level})
+    write_json(os.path.join(out_dir, "summary.json"), {
+        "config": ctx.cfg.to_dict(), "wall_seconds": time.time() - ctx.started,
+        "levels": [{"target_sparsity": lv.target_sparsity, "measured_sparsity": lv.encoder_sparsity,
+                    "steps": lv.steps} for lv in levels]})
+    return rows
+
+
+def structured_stage(ctx: Context, out_dir: str, report: Report | None, resume_state: dict | None) -> list[dict]:
+    """Super Tickets: iterative structured pruning of attention heads and FFN neurons by loss sensitivity.
+    Saves the head/neuron masks (``structured.safetensors``, from which a physically smaller model is built
+    with srnet_core.pruning.structured.shrink_model) and the equivalent per-matrix ``masks.safetensors``."""
+    from safetensors.torch import save_file
+
+    from .pruning.structured import StructuredOptions, structured_prune
+
+    o = dict(ctx.cfg.structured or {})
+    s = ctx.cfg.sparsity
+    options = StructuredOptions(head_sparsity=o.get("head_sparsity") or s, neuron_sparsity=o.get("neuron_sparsity") or s,
+                                rounds=o.get("rounds", 1), importance_batches=o.get("importance_batches", 16),
+                                ranking=o.get("ranking", "global"))
+    rounds = structured_prune(ctx.model, ctx.names(classifier=False), ctx.train_enc, losses.get_loss(ctx.cfg.loss),
+                              ctx.cfg.train, evaluate=ctx.evaluate, selection=ctx.selection, device=ctx.device,
+                              options=options, report=report, resume_state=resume_state)
+    last = rounds[-1]
+    os.makedirs(out_dir, exist_ok=True)
+    _save_masks(ctx, os.path.join(out_dir, "masks.safetensors"), last.weight_masks, s, structured=True)
+    with atomic_path(os.path.join(out_dir, "structured.safetensors")) as tmp:
+        save_file({"head_mask": last.head_mask.to(torch.uint8).contiguous(),
+                   "neuron_mask": last.neuron_mask.to(torch.uint8).contiguous(),
+                   "head_importance": last.head_importance.float().contiguous(),
+                   "neuron_importance": last.neuron_importance.float().contiguous()}, tmp)
+    write_json(os.path.join(out_dir, "summary.json"), {
+        "config": ctx.cfg.to_dict(), "wall_seconds": time.time() - ctx.started,
+        "rounds": [{"head_sparsity": r.head_sparsity, "neuron_sparsity": r.neuron_sparsity,
+                    "measured_sparsity": r.encoder_sparsity} for r in rounds]})
+    history = [EvalRecord(r.start_step + h.step, h.epoch, h.metrics, r.encoder_sparsity) for r in rounds for h in r.history]
+    return rows_from_history(history, last.start_step + last.final.step, ctx.task)
 
 
 def retrain(ctx: Context, out_dir: str, report: Report | None, resume_state: dict | None) -> list[dict]:
@@ -296,26 +396,48 @@ def evaluate(ctx: Context, out_dir: str, report: Report | None, resume_state: di
     return rows_from_history([record], 0, ctx.task)
 
 
-STAGES: dict[str, Callable] = {"finetune": finetune, "mask_train": mask_train, "retrain": retrain,
-                               "evaluate": evaluate}
+def bias_model(cfg: StageConfig, out_dir: str) -> list[dict]:
+    """Fit the task's hand-crafted bias model on its training split (srnet_core.bias); write per-example
+    log-probs for the training split (``bias_train.parquet``) and every eval split, and its own metrics: good
+    on ID and near chance on OOD is what shows the features are the bias."""
+    from .bias import fit_bias_model, write_bias_file
+
+    started = time.time()
+    task = get_task(cfg.task, data_dir=cfg.data_dir, **cfg.task_options)
+    result = fit_bias_model(task)
+    os.makedirs(out_dir, exist_ok=True)
+    result.write(out_dir)
+    train = task.train_split
+    write_bias_file(os.path.join(out_dir, "bias_train.parquet"), result.ids[train], result.log_probs[train])
+    write_json(os.path.join(out_dir, "summary.json"), {"config": cfg.to_dict(), "wall_seconds": time.time() - started,
+                                                       "info": result.info})
+    evals = {split: m for split, m in result.metrics.items() if split != train}
+    return rows_from_history([EvalRecord(0, 0.0, evals, 0.0)], 0, task)
+
+
+STAGES: dict[str, Callable] = {"finetune": finetune, "mask_train": mask_train, "imp": imp_stage, "gmp": gmp_stage,
+                               "structured": structured_stage, "retrain": retrain, "evaluate": evaluate}
 
 
 def run_stage(config: dict | StageConfig, out_dir: str, report: Report | None = None,
               resume_state: dict | None = None) -> list[dict]:
     """Run one stage; write its artifacts to ``out_dir``; return its metric rows (long format)."""
     cfg = config if isinstance(config, StageConfig) else StageConfig.from_dict(config)
-    if cfg.stage not in STAGES:
-        raise ValueError(f"unknown stage '{cfg.stage}'; known: {sorted(STAGES)}")
+    if cfg.stage not in STAGES and cfg.stage != "bias_model":
+        raise ValueError(f"unknown stage '{cfg.stage}'; known: {sorted(STAGES) + ['bias_model']}")
+    if cfg.stage == "bias_model":  # no model, no training loop
+        return bias_model(cfg, out_dir)
     ctx = prepare(cfg)
     return STAGES[cfg.stage](ctx, out_dir, report, resume_state)
 
 
-def save_best_masks(out_dir: str, best: dict[str, torch.Tensor], cfg: StageConfig, model) -> float:
-    report = sparsity_of(best)
-    save_masks(os.path.join(out_dir, "masks.safetensors"), best, {
-        "model_family": model.config.model_type, "backbone": cfg.backbone,
-        "target_sparsity": cfg.sparsity, "matrices": list(best)})
-    return report["total"]
+def _save_masks(ctx: Context, path: str, masks: dict[str, torch.Tensor], target: float, **extra) -> float:
+    """A mask artifact with its provenance; returns its measured sparsity over all masked matrices.
+    The worker exports SRNET_CODE_VERSION (srnet_core itself never calls git)."""
+    save_masks(path, masks, {"backbone": ctx.cfg.backbone, "task": ctx.cfg.task, **extra},
+               model_family=ctx.model.config.model_type, target_sparsity=target,
+               code_version=os.environ.get("SRNET_CODE_VERSION"))
+    return sparsity_of(masks)["total"]
 
 
 def rows_from_history(history: list[EvalRecord], best_step: int, task) -> list[dict]:

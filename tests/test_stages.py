@@ -97,3 +97,57 @@ def _selected(out):
 def test_loss_needing_bias_without_file_names_the_field(tmp_path):
     with pytest.raises(ValueError, match="needs a bias file .*'bias_file'"):
         run_stage({**BASE, "stage": "finetune", "loss": "poe"}, str(tmp_path))
+
+
+def test_bias_model_then_poe_finetune(tmp_path):
+    """The bias model's log-probs join the training examples by id and drive the PoE loss."""
+    bias_dir = str(tmp_path / "bias")
+    rows = run_stage({"stage": "bias_model", "task": "synthetic",
+                      "task_options": {"n_train": 400, "n_dev": 200, "n_ood": 200}}, bias_dir)
+    acc = {r["eval_dataset"]: r["value"] for r in rows if r["metric"] == "accuracy"}
+    assert acc["dev"] > 0.8 and acc["ood"] < 0.5  # the overlap features ARE the bias: good ID, below chance OOD
+    table = pq.read_table(f"{bias_dir}/bias_train.parquet").to_pandas()
+    assert len(table) == 400
+    lp = np.stack(table["log_probs"].to_numpy())
+    assert np.allclose(np.exp(lp).sum(1), 1.0, atol=1e-4)
+    out = str(tmp_path / "poe")
+    cfg = {**BASE, "task_options": {"n_train": 400, "n_dev": 200, "n_ood": 200}, "stage": "finetune", "loss": "poe",
+           "bias_file": f"{bias_dir}/bias_train.parquet"}
+    poe_rows = run_stage(cfg, out)
+    assert {r["step"] for r in poe_rows} >= {0, 4}
+
+
+def test_imp_gmp_structured_stages_write_their_artifacts(finetuned, tmp_path):
+    """Each pruning method runs as a stage from the fine-tuned weights and saves masks at exact sparsity."""
+    out, _ = finetuned
+    common = {**BASE, "init_weights": f"{out}/weights.safetensors",
+              "train": {**BASE["train"], "epochs": 1, "eval_every": 2}}
+    imp_dir = str(tmp_path / "imp")
+    rows = run_stage({**common, "stage": "imp", "sparsity": 0.9,
+                      "imp": {"schedule": "reference", "rate": 0.3, "final": 0.9, "intervals": 3,
+                              "rewind": "none"}}, imp_dir)
+    levels = sorted({r["target_sparsity"] for r in rows})
+    assert levels == [0.3, 0.6, 0.9]
+    for level in levels:
+        masks, meta = load_masks(f"{imp_dir}/masks_s{level:.2f}.safetensors")
+        for name, m in masks.items():  # local L1 magnitude: exactly floor(numel * s) zeros per matrix
+            assert int((~m).sum()) == int(np.floor(m.numel() * level + 1e-9)), (level, name)
+        selected = [r for r in rows if r["target_sparsity"] == level and r["selected"] and r["metric"] == "accuracy"]
+        assert len(selected) == 2  # one result per level (its last eval) on each eval set
+
+    gmp_dir = str(tmp_path / "gmp")
+    run_stage({**common, "stage": "gmp", "sparsity": 0.5, "gradual": {"initial": 0.0, "frequency": 1}}, gmp_dir)
+    import json
+    summary = json.load(open(f"{gmp_dir}/summary.json"))
+    masks, _ = load_masks(f"{gmp_dir}/masks.safetensors")
+    zeros = sum(int((~m).sum()) for m in masks.values())
+    assert zeros / sum(m.numel() for m in masks.values()) == pytest.approx(summary["target_sparsity_at_best"], abs=2e-3)
+    weights = load_file(f"{gmp_dir}/weights.safetensors")
+    for name, m in masks.items():
+        assert (weights[f"{name}.weight"][~m] == 0).all()
+
+    st_dir = str(tmp_path / "structured")
+    run_stage({**common, "stage": "structured", "sparsity": 0.5,
+               "structured": {"rounds": 1, "importance_batches": 2}}, st_dir)
+    heads = load_file(f"{st_dir}/structured.safetensors")
+    assert int(heads["head_mask"].sum()) == heads["head_mask"].numel() // 2  # half of all heads kept

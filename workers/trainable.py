@@ -69,6 +69,7 @@ def run_node(node: dict, report=None) -> str:
             report(record)
 
     started = time.time()
+    os.environ.setdefault("SRNET_CODE_VERSION", provenance()["code_version"])  # recorded in mask artifacts
     stage_config = dict(node["stage_config"])
     for name, (up_stage, up_key, filename) in node.get("inputs", {}).items():
         stage_config[name] = store.fetch(up_stage, up_key, filename)
