@@ -44,20 +44,23 @@ def print_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore) -> None:
                   "GPU-hours on one A100/H100-class GPU per trial (planning estimate, see orchestrator/plan.py).")
 
 
-def _resources(spec: SweepSpec, n_trials: int) -> dict:
-    import ray
-
-    have_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    gpus = spec.resources.gpus_per_trial
+def node_resources(spec: SweepSpec, stage: str, n_trials: int, cluster: dict) -> dict:
+    """CPUs and GPUs of one trial: the stage's override, else the spec's per-trial values; "auto" GPUs = 1 when
+    the cluster has any, else 0. Asking for a GPU the cluster lacks fails now instead of pending forever."""
+    override = spec.resources.stages.get(stage)
+    cpus = override.cpus if override and override.cpus is not None else spec.resources.cpus_per_trial
+    gpus = override.gpus if override and override.gpus is not None else (
+        0.0 if stage == "bias_model" else spec.resources.gpus_per_trial)
+    have_gpu = cluster.get("GPU", 0) > 0
     if gpus == "auto":
         gpus = 1.0 if have_gpu else 0.0
     elif gpus > 0 and not have_gpu:
-        raise SpecError(f"field 'resources.gpus_per_trial': {gpus} GPUs asked but the Ray cluster has none; "
-                        "use 'auto' to run on CPU when no GPU exists")
-    cpus = spec.resources.cpus_per_trial
+        field = f"resources.stages.{stage}.gpus" if override and override.gpus is not None else "resources.gpus_per_trial"
+        raise SpecError(f"field '{field}': {gpus} GPUs asked but the Ray cluster has none; use 'auto' to run on "
+                        "CPU when no GPU exists")
     if cpus == "auto":  # share the cluster's CPUs among the wave's trials; a lone trial gets them all
-        cpus = max(1.0, float(int(ray.cluster_resources().get("CPU", 1) // max(1, n_trials))))
-    return {"cpu": cpus, "gpu": gpus}
+        cpus = max(1.0, float(int(cluster.get("CPU", 1) // max(1, n_trials))))
+    return {"cpu": float(cpus), "gpu": float(gpus)}
 
 
 def run_wave(spec: SweepSpec, nodes: list[Node], store: ArtifactStore, wave: int, root: str) -> dict[str, str]:
@@ -76,12 +79,23 @@ def run_wave(spec: SweepSpec, nodes: list[Node], store: ArtifactStore, wave: int
     def trainable(config):  # a fresh function per wave: tune.with_resources mutates what it wraps
         stage_trainable(config)
 
-    resources = _resources(spec, len(nodes))
+    import ray
+    from ray.tune import PlacementGroupFactory
+
+    cluster = ray.cluster_resources()
+    payloads = []
     for node in nodes:
-        node.stage_config["device"] = "cuda" if resources["gpu"] > 0 else "cpu"
+        res = node_resources(spec, node.stage, len(nodes), cluster)
+        node.stage_config["device"] = "cuda" if res["gpu"] > 0 else "cpu"
+        payloads.append(node_payload(node, store, res))
+
+    def trial_resources(config):  # per trial: stages of one wave may ask for different resources
+        r = config["node"]["resources"]
+        return PlacementGroupFactory([{"CPU": r["cpu"], "GPU": r["gpu"]}])
+
     tuner = tune.Tuner(
-        tune.with_resources(trainable, resources),
-        param_space={"node": tune.grid_search([node_payload(n, store, resources) for n in nodes])},
+        tune.with_resources(trainable, trial_resources),
+        param_space={"node": tune.grid_search(payloads)},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=spec.resources.max_concurrent_trials,
             reuse_actors=True,  # a new trial process costs seconds (torch + transformers imports)

@@ -160,19 +160,37 @@ class StageOverrides(_Strict):
     retrain: dict = {}
 
 
+class StageResources(_Strict):
+    cpus: float | Literal["auto"] | None = None  # None: resources.cpus_per_trial
+    gpus: float | Literal["auto"] | None = None  # None: resources.gpus_per_trial
+
+    @field_validator("gpus")
+    @classmethod
+    def _divides_one(cls, value):
+        return _check_gpu_fraction(value)
+
+
+def _check_gpu_fraction(value):
+    if value not in (None, "auto") and 0 < value < 1 and abs(round(1 / value) - 1 / value) > 1e-9:
+        raise ValueError(f"{value} does not divide 1: Ray packs such fractions unevenly; use 1/n")
+    return value
+
+
 class Resources(_Strict):
     # "auto": the cluster's CPUs shared among a wave's trials (a lone fine-tuning run gets them all).
     cpus_per_trial: float | Literal["auto"] = "auto"
     # "auto": one GPU per trial when the cluster has GPUs, else CPU. A fraction must divide 1 (0.5, 0.25...).
     gpus_per_trial: float | Literal["auto"] = "auto"
     max_concurrent_trials: int | None = Field(None, ge=1)
+    # Per stage kind, e.g. {bias_model: {gpus: 0}, mask_train: {gpus: 0.5}}: what differs from the above.
+    # bias_model (scikit-learn) asks for no GPU unless given one here.
+    stages: dict[Literal["bias_model", "finetune", "mask_train", "imp", "gmp", "structured", "retrain", "evaluate"],
+                 StageResources] = {}
 
     @field_validator("gpus_per_trial")
     @classmethod
     def _divides_one(cls, value):
-        if value != "auto" and value > 0 and value < 1 and abs(round(1 / value) - 1 / value) > 1e-9:
-            raise ValueError(f"{value} does not divide 1: Ray packs such fractions unevenly; use 1/n")
-        return value
+        return _check_gpu_fraction(value)
 
 
 class SweepSpec(_Strict):

@@ -124,3 +124,24 @@ def test_full_grid_dry_run_plan():
     assert plan.naive_runs > 2 * len(plan.nodes)
     hours = estimate_gpu_hours(plan)
     assert 1_000 < sum(hours.values()) < 50_000
+
+
+def test_resources_per_stage_and_no_phantom_gpu():
+    from orchestrator.launch import node_resources
+
+    d = copy.deepcopy(BASE)
+    d["resources"] = {"cpus_per_trial": 2, "gpus_per_trial": "auto",
+                      "stages": {"mask_train": {"gpus": 0.5}, "finetune": {"cpus": 4}}}
+    spec = parse_spec(d)
+    gpu_cluster = {"CPU": 16, "GPU": 2}
+    assert node_resources(spec, "mask_train", 8, gpu_cluster) == {"cpu": 2.0, "gpu": 0.5}
+    assert node_resources(spec, "finetune", 8, gpu_cluster) == {"cpu": 4.0, "gpu": 1.0}
+    assert node_resources(spec, "bias_model", 8, gpu_cluster) == {"cpu": 2.0, "gpu": 0.0}  # scikit-learn: no GPU
+    # a CPU-only cluster: "auto" means CPU; an explicit GPU request fails at once, naming the field
+    assert node_resources(parse_spec(BASE), "finetune", 3, {"CPU": 2}) == {"cpu": 1.0, "gpu": 0.0}
+    assert node_resources(parse_spec(BASE), "finetune", 1, {"CPU": 2}) == {"cpu": 2.0, "gpu": 0.0}
+    with pytest.raises(SpecError, match=r"resources.stages.mask_train.gpus': 0.5 GPUs asked .* none"):
+        node_resources(spec, "mask_train", 1, {"CPU": 2})
+    d["resources"]["stages"]["mask_train"]["gpus"] = 0.3
+    with pytest.raises(SpecError, match="does not divide 1"):
+        parse_spec(d)

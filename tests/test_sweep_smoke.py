@@ -27,6 +27,11 @@ def _write(tmp_path, **changes):
     return str(path), spec["output_dir"]
 
 
+def _mtimes(out):
+    root = os.path.join(out, "artifacts")
+    return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs}
+
+
 def test_smoke_sweep_rows_and_idempotent_relaunch(ray_env, tmp_path):
     path, out = _write(tmp_path)
     assert launch.main([path]) == 0
@@ -47,14 +52,22 @@ def test_smoke_sweep_rows_and_idempotent_relaunch(ray_env, tmp_path):
     assert frame.loc[frame["stage"] == "mask_train", "cfg.mask.init"].eq("magnitude").all()
     assert os.path.exists(os.path.join(out, "e2e_sparsity.png"))
 
-    before = {f: os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(out, "artifacts"))
-              for f in fs}
+    before = _mtimes(out)
     assert launch.main([path]) == 0
     again = results.load(out)
     assert len(again) == len(frame)  # relaunch: nothing re-run, no duplicated rows
-    after = {f: os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(out, "artifacts"))
-             for f in fs}
+    after = _mtimes(out)
     assert before == after
+
+    # widening the finished sweep by one sparsity runs exactly one new node
+    wider, _ = _write(tmp_path, grid={**SPEC["grid"], "sparsities": [0.5, 0.7, 0.9]})
+    assert launch.main([wider, "--no-figure", "--no-report"]) == 0
+    widened = _mtimes(out)
+    new_nodes = {os.path.basename(d) for d, _, fs in os.walk(os.path.join(out, "artifacts")) if "_COMPLETE.json" in fs}
+    assert len(new_nodes) == 4
+    assert {k: v for k, v in widened.items() if k in before} == before  # nothing old was touched
+    final = results.load(out)
+    assert len(final) == len(frame) + 3 * 2 * 3  # only the new node's rows were added
 
 
 def test_failed_node_exits_nonzero_and_is_recorded(ray_env, tmp_path):
