@@ -140,6 +140,9 @@ class GMPOptions(_Strict):
     start: float = 0.0
     end: float | None = None  # None: the end of training
     frequency: int | None = None  # steps between updates; None: every eval interval
+    # "final": only checkpoints at the final sparsity can be selected (a result at s is a model at s);
+    # "any": the best ID-dev eval at whatever sparsity the schedule had then.
+    select: Literal["final", "any"] = "final"
 
 
 class StructuredOptions(_Strict):

@@ -61,6 +61,7 @@ def load_model(backbone: str, num_labels: int, seed: int = 0) -> nn.Module:
     from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
 
     transformers.logging.set_verbosity_error()  # "newly initialized classifier" is expected, not news
+    transformers.logging.disable_progress_bar()  # one bar per model load floods every trial's log
     torch.manual_seed(seed)
     if backbone == "tiny-bert":
         config = BertConfig(vocab_size=30522, num_labels=num_labels, **TINY_BERT_CONFIG)

@@ -259,7 +259,9 @@ def _gradual_options(ctx: Context, initial: float):
     return GradualOptions(initial=g.get("initial", initial), final=ctx.cfg.sparsity, start=g.get("start", 0.0),
                           end=g.get("end"), unit=g.get("unit", "epoch"),
                           frequency=g.get("frequency") or ctx.cfg.train.eval_every, scope=ctx.cfg.mask.scope,
-                          select=g.get("select", "any"), reproject_every=ctx.cfg.mask.reproject_every)
+                          # A result reported at sparsity s must be a checkpoint AT s: with "any", GMP's best
+                          # ID-dev eval can be its dense start (measured in paper_small: GMP "0.9" was dense).
+                          select=g.get("select", "final"), reproject_every=ctx.cfg.mask.reproject_every)
 
 
 def _gradual(ctx: Context, out_dir: str, report, resume_state, names, train_weights: bool) -> list[dict]:

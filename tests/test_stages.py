@@ -139,6 +139,7 @@ def test_imp_gmp_structured_stages_write_their_artifacts(finetuned, tmp_path):
     run_stage({**common, "stage": "gmp", "sparsity": 0.5, "gradual": {"initial": 0.0, "frequency": 1}}, gmp_dir)
     import json
     summary = json.load(open(f"{gmp_dir}/summary.json"))
+    assert summary["target_sparsity_at_best"] == pytest.approx(0.5)  # selected AT the final sparsity, not dense
     masks, _ = load_masks(f"{gmp_dir}/masks.safetensors")
     zeros = sum(int((~m).sum()) for m in masks.values())
     assert zeros / sum(m.numel() for m in masks.values()) == pytest.approx(summary["target_sparsity_at_best"], abs=2e-3)
