@@ -38,6 +38,7 @@ test-quick: install
 
 bench: install
 	$(PY) bench/step_overhead.py
+	$(PY) bench/eval_throughput.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

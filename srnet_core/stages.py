@@ -19,11 +19,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
 
 from . import losses
-from .data import Encoded, encode
+from .cache import encode_cached
+from .data import Encoded
 from .io import atomic_path, write_json
 from .masks import MaskConfig, MaskSet, load_masks, save_masks, sparsity_of
 from .models import count_prunable, load_model, load_tokenizer, pick_device, prunable_linear_names
@@ -130,6 +130,14 @@ class Context:
         return prunable_linear_names(self.model, include_pooler=False, include_classifier=False)
 
 
+def token_cache_dir() -> str | None:
+    """$SRNET_TOKEN_CACHE, else ~/.cache/srnet/tokens; an empty value turns the cache off."""
+    value = os.environ.get("SRNET_TOKEN_CACHE")
+    if value is not None:
+        return value or None
+    return os.path.join(os.path.expanduser("~"), ".cache", "srnet", "tokens")
+
+
 def prepare(cfg: StageConfig) -> Context:
     started = time.time()
     device = pick_device(cfg.device)
@@ -137,8 +145,10 @@ def prepare(cfg: StageConfig) -> Context:
     tokenizer = load_tokenizer(cfg.backbone)
     train_split = task.load(task.train_split)
     splits = {name: task.load(name) for name in task.eval_splits}
-    train_enc = encode(tokenizer, train_split, cfg.max_length)
-    eval_enc = {name: encode(tokenizer, s, cfg.max_length) for name, s in splits.items()}
+    # Tokenized once per (task, split, options, tokenizer, max length, content) and reused by every stage.
+    cache = token_cache_dir()
+    train_enc = encode_cached(tokenizer, train_split, cfg.max_length, cache, task.cache_key())
+    eval_enc = {name: encode_cached(tokenizer, s, cfg.max_length, cache, task.cache_key()) for name, s in splits.items()}
     model = load_model(cfg.backbone, task.num_labels, seed=cfg.seed)
     if cfg.init_weights:
         from safetensors.torch import load_file
@@ -159,7 +169,7 @@ def _attach_example_inputs(ctx: Context) -> None:
     from .bias import read_per_example
 
     for name in needs:
-        missing = getattr(ctx.task, "missing_bias", "error")
+        missing = "drop" if ctx.task.name == "qqp" else "error"  # protocol 5: QQP drops pairs without bias
         values, kept = read_per_example(files[name], ctx.train_enc.ids, ctx.task.num_labels, missing=missing,
                                         check="log_probs" if name == "bias" else "probs")
         if len(kept) != len(ctx.train_enc):

@@ -33,6 +33,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     # Evals before this fraction of training are not eligible as "best" (0.7 when pruning a fine-tuned model).
     select_from: float = 0.0
+    eval_at_start: bool = True  # evaluate before the first step (e.g. plain magnitude pruning); costs one pass
     seed: int = 0
     amp: str = "auto"  # "auto": bf16 autocast on a GPU that supports it; "off"; "bf16"
 
@@ -183,7 +184,7 @@ class TrainLoop:
         cfg = self.config
         self.model.train()
         params = list(self.params.values())
-        if self.step == 0 and not self.history:
+        if self.step == 0 and not self.history and self.config.eval_at_start:
             record = self.run_eval()  # step 0: e.g. plain magnitude pruning, or the dense starting point
             if on_eval:
                 on_eval(record, self)

@@ -11,6 +11,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("SRNET_TOKEN_CACHE", tempfile.mkdtemp(prefix="srnet-tokens-"))  # hermetic, shared by the session
 _default_data = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 if os.path.isdir(_default_data):
     os.environ.setdefault("SRNET_DATA_DIR", _default_data)
