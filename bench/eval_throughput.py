@@ -13,7 +13,6 @@ Prints a table and writes JSON (default bench/results/eval_throughput.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -28,6 +27,8 @@ from srnet_core.data import encode, fixed_batches  # noqa: E402
 from srnet_core.models import load_model, load_tokenizer  # noqa: E402
 from srnet_core.tasks import get_task  # noqa: E402
 from srnet_core.train import forward_logits, predict_logits  # noqa: E402
+
+from benchlib import write_result  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 @torch.no_grad()
@@ -107,11 +108,7 @@ def main(argv=None) -> dict:
           f"{n / t_fixed:>12.1f}{hans_acc['fixed']:>10.4f}")
     print(f"speed-up {result['speedup']:.2f}x; predictions agree on {agree:.4%} "
           f"(max |logit diff| {result['max_abs_logit_diff']:.2e})")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {args.out}")
-    return result
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Caveat: all-MiniLM-L6-v2 saw MNLI/SNLI pairs in its own (sentence-embedding) tra
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -32,6 +31,8 @@ from srnet_core.cache import encode_cached  # noqa: E402
 from srnet_core.models import load_model, load_tokenizer  # noqa: E402
 from srnet_core.tasks import get_task  # noqa: E402
 from srnet_core.train import TrainConfig, TrainLoop, predict_logits  # noqa: E402
+
+from benchlib import write_result  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 TASK_OPTIONS = {"train_source": "dev_matched", "train_size": 8000, "split_seed": 0}
 
@@ -150,11 +151,7 @@ def main(argv=None) -> dict:
     print("HANS per heuristic x label: " + "; ".join(
         f"{r['loss']}: " + ", ".join(f"{c[5:]} {r['metrics']['hans'][c]:.3f}" for c in cells) for r in runs))
     print(f"total wall time {total:.0f}s")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {args.out}")
-    return result
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ several OpenMP threads mostly measures the other tenants (we saw a dense step wi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -36,6 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from srnet_core.masks import MaskConfig, MaskSet  # noqa: E402
 from srnet_core.models import prunable_linear_names  # noqa: E402
 from srnet_core.train import autocast_context, forward_logits  # noqa: E402
+
+from benchlib import write_result  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 MODEL_SIZES = {
     # all-MiniLM-L6-v2's shape (22.7M parameters)
@@ -210,11 +211,7 @@ def main(argv=None) -> dict:
     print(f"{args.model} on {result['device']} ({result['threads']} threads, {args.clock} clock), batch {args.batch} x {args.seq}, "
           f"amp {args.amp}, sparsity {args.sparsity} {args.scope}, {len(times['dense'])} timed steps each")
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {args.out}")
-    return result
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":
