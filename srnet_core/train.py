@@ -174,9 +174,11 @@ class TrainLoop:
 
     def batches(self):
         """Yield (step, batch) from the current step on; the order depends only on (seed, step)."""
+        cached_epoch, order = -1, None
         while self.step < self.total_steps:
             epoch, position = divmod(self.step + self.batch_offset, self.steps_per_epoch)
-            order = epoch_order(len(self.data), self.config.seed, epoch)
+            if epoch != cached_epoch:  # one permutation per epoch, not per step (392k rows for MNLI)
+                cached_epoch, order = epoch, epoch_order(len(self.data), self.config.seed, epoch)
             start = position * self.config.batch_size
             yield self.data.batch(order[start: start + self.config.batch_size])
 
