@@ -126,7 +126,8 @@ class Encoded:
     def batch(self, index, pad_to: int | None = None) -> dict[str, torch.Tensor]:
         """Rows ``index`` padded to their own longest row (dynamic padding), or to ``pad_to``."""
         index = np.asarray(list(index) if not isinstance(index, np.ndarray) else index, dtype=np.int64)
-        width = int(self.lengths()[index].max()) if pad_to is None else int(pad_to)
+        offsets = self.input_ids.offsets  # only this batch's lengths: this runs at every training step
+        width = int((offsets[index + 1] - offsets[index]).max()) if pad_to is None else int(pad_to)
         ids, mask = self.input_ids.padded(index, width, self.pad_id)
         types, _ = self.token_type_ids.padded(index, width, 0)
         out = {"input_ids": torch.from_numpy(ids.astype(np.int64)),
