@@ -48,7 +48,9 @@ class MaskedWeight(nn.Module):
     """Parametrization holding the scores and the current binary mask of one matrix.
 
     ``mask`` is stored in the weight's float dtype (0.0/1.0) so the forward is one plain multiply.
-    ``threshold``: the strict threshold of the last projection (used between re-projections).
+    ``threshold``: the strict threshold of the last projection (used between re-projections). The GPU
+    projection leaves it as a 0-dim device tensor so that no step waits for the device; reading
+    ``threshold`` converts it to a float then (``threshold_value`` gives it as stored).
     """
 
     def __init__(self, scores: torch.Tensor, mask: torch.Tensor, threshold: float = PHI):
@@ -56,6 +58,21 @@ class MaskedWeight(nn.Module):
         self.scores = nn.Parameter(scores)
         self.register_buffer("mask", mask.to(scores.dtype))
         self.threshold = threshold
+
+    @property
+    def threshold(self) -> float:
+        if isinstance(self._threshold, torch.Tensor):
+            self._threshold = float(self._threshold)  # the host sync happens here, when someone needs the number
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value) -> None:
+        self._threshold = value
+
+    @property
+    def threshold_value(self):
+        """The threshold as stored: a float or a 0-dim tensor on the scores' device (no sync)."""
+        return self._threshold
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return _MaskedProduct.apply(weight, self.scores, self.mask.to(weight.dtype))
@@ -159,35 +176,72 @@ def _keep_top(parts: list[torch.Tensor], sparsity: float, hint: float | None = N
     return keeps, kth, next_w
 
 
-def _keep_top_grouped(values: list[torch.Tensor], sparsity: float,
-                      out: list[torch.Tensor] | None = None) -> tuple[list[torch.Tensor], list[float]]:
-    """Per-tensor exact top-k for many same-shape tensors at once: one batched kthvalue, one device sync.
+def _kth_smallest_rows(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th smallest value (1 <= k <= n) of each row of ``rows`` [R, n], as an [R, 1] tensor.
 
-    The GPU path (a per-matrix band search costs several host syncs per matrix there). Same result and
-    tie rule as ``_keep_top`` on each tensor. Returns (keeps, thresholds).
+    One unsorted ``topk`` on the smaller side: the k-th smallest is the largest of the k smallest, and also
+    the smallest of the n - k + 1 largest. ``kthvalue`` is 10x slower on CUDA (a per-row sort); ``topk`` is a
+    radix select there. No host sync.
     """
-    numel = values[0].numel()
-    k = prune_count(numel, sparsity)
-    if k <= 0 or k >= numel:
-        pairs = [_keep_top([v.reshape(-1)], sparsity, out=None if out is None else [o]) for v, o in
-                 zip(values, out or [None] * len(values))]
-        return [p[0][0] for p in pairs], [p[1] for p in pairs]
-    stacked = torch.stack([v.reshape(-1) for v in values])
-    kth = stacked.kthvalue(k, dim=1, keepdim=True).values
-    keep = stacked > kth
-    counts = torch.cat([kth.double(), keep.sum(dim=1, keepdim=True).double()], dim=1).tolist()  # the one sync
-    keeps = []
-    for i, (threshold, n_greater) in enumerate(counts):
-        row = keep[i]
-        deficit = (numel - k) - int(n_greater)
-        if deficit > 0:  # ties at the threshold: keep the last `deficit` of them
-            tied = (stacked[i] == kth[i]).nonzero().squeeze(1)
-            row[tied[tied.numel() - deficit:]] = True
-        if out is not None:
-            out[i].copy_(row)
-            row = out[i]
-        keeps.append(row)
-    return keeps, [c[0] for c in counts]
+    n = rows.shape[1]
+    if k <= n - k + 1:
+        return torch.topk(rows, k, dim=1, largest=False, sorted=False).values.amax(dim=1, keepdim=True)
+    return torch.topk(rows, n - k + 1, dim=1, largest=True, sorted=False).values.amin(dim=1, keepdim=True)
+
+
+def _keep_top_rows(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row keep masks [R, n] (bool) pruning exactly ``k`` entries of each row, and the thresholds [R, 1].
+
+    The tie rule of ``_keep_top``: values tied at the k-th smallest are kept from the end of the row, as many
+    as the count needs (``deficit``). The tied entries are ranked by a cumulative count, so the whole
+    selection stays on the device with no host sync (and no ``nonzero``).
+    """
+    n = rows.shape[1]
+    if k <= 0:
+        return torch.ones_like(rows, dtype=torch.bool), torch.full_like(rows[:, :1], float("-inf"))
+    if k >= n:
+        return torch.zeros_like(rows, dtype=torch.bool), rows.amax(dim=1, keepdim=True)
+    kth = _kth_smallest_rows(rows, k)
+    keep = rows > kth
+    tied = rows == kth
+    # keep - k entries must survive; those strictly above kth do; the rest are the LAST `deficit` tied ones
+    deficit = (n - k) - keep.sum(dim=1, keepdim=True, dtype=torch.int32)
+    rank = tied.cumsum(dim=1, dtype=torch.int32)  # 1-based rank of each tied entry within its row
+    keep |= tied & (rank > rank[:, -1:] - deficit)
+    return keep, kth
+
+
+def _keep_top_topk(values: list[torch.Tensor], sparsity: float, scope: str,
+                   out: list[torch.Tensor] | None = None) -> tuple[list[torch.Tensor], list]:
+    """Exact top-k keep masks for ``values`` (flat tensors) with the same result and tie rule as ``_keep_top``,
+    computed on their device with ``topk`` and no host sync: the GPU path.
+
+    local: each tensor on its own, same-numel tensors batched into one [R, n] selection; global: one
+    selection over their concatenation (ties go to the later index of the concatenation).
+    Returns (keeps: bool tensors, or ``out`` filled with 1.0/0.0; thresholds: 0-dim tensors, per tensor).
+    """
+    keeps: list = [None] * len(values)
+    thresholds: list = [None] * len(values)
+    if scope == "global":
+        n = sum(v.numel() for v in values)
+        flat = torch.cat(values) if len(values) > 1 else values[0]
+        keep, kth = _keep_top_rows(flat.view(1, -1), prune_count(n, sparsity))
+        for i, part in enumerate(keep.view(-1).split([v.numel() for v in values])):
+            keeps[i], thresholds[i] = part, kth[0, 0]
+    else:
+        groups: dict[tuple, list[int]] = {}
+        for i, v in enumerate(values):
+            groups.setdefault((v.numel(), v.dtype), []).append(i)
+        for (numel, _), index in groups.items():
+            rows = (torch.stack([values[i] for i in index]) if len(index) > 1 else values[index[0]].view(1, -1))
+            keep, kth = _keep_top_rows(rows, prune_count(numel, sparsity))
+            for j, i in enumerate(index):
+                keeps[i], thresholds[i] = keep[j], kth[j, 0]
+    if out is not None:
+        for o, keep in zip(out, keeps):
+            o.copy_(keep)
+        keeps = list(out)
+    return keeps, thresholds
 
 
 def topk_mask(values: torch.Tensor, sparsity: float) -> tuple[torch.Tensor, float]:
@@ -253,10 +307,11 @@ class MaskSet:
         # only: the selection is exact whatever these are). "*" is the global scope's entry.
         self._hints: dict[str, float] = {}
         self._widths: dict[str, float | None] = {}
-        # How local top-k is computed (same masks either way): ``band`` = a search near the last threshold,
-        # per matrix (fastest on CPU); ``grouped`` = one batched kthvalue per matrix shape with a single
-        # device sync (for GPUs); ``auto`` = grouped on CUDA, band elsewhere.
-        self.selection: Literal["auto", "band", "grouped"] = "auto"
+        # How top-k is computed (bit-identical masks either way, tests/test_projection.py): ``band`` = a
+        # search near the last threshold with NumPy (fastest on CPU, but host-driven: several syncs per
+        # matrix on a GPU); ``topk`` = ``torch.topk`` on the device, same-shape matrices batched, no host sync
+        # (the GPU path; ``grouped`` is its old name); ``auto`` = topk on CUDA, band elsewhere.
+        self.selection: Literal["auto", "band", "topk", "grouped"] = "auto"
         for name, module in self.modules.items():
             if parametrize.is_parametrized(module, "weight"):
                 raise ValueError(f"'{name}' already carries a parametrization (a MaskSet is already attached)")
@@ -310,8 +365,8 @@ class MaskSet:
 
     def _strategy(self, values: dict[str, torch.Tensor]) -> str:
         if self.selection != "auto":
-            return self.selection
-        return "grouped" if next(iter(values.values())).device.type == "cuda" else "band"
+            return "topk" if self.selection == "grouped" else self.selection
+        return "topk" if next(iter(values.values())).device.type == "cuda" else "band"
 
     def _select(self, values: dict[str, torch.Tensor], use_hints: bool = True,
                 write_masks: bool = False) -> dict[str, torch.Tensor]:
@@ -323,17 +378,14 @@ class MaskSet:
         def buffers(names):
             return [self.parametrization(n).mask.view(-1) for n in names] if write_masks else None
 
-        if self.config.scope == "local" and self._strategy(values) == "grouped":
-            groups: dict[tuple, list[str]] = {}
-            for name, v in values.items():
-                groups.setdefault((tuple(v.shape), v.dtype), []).append(name)
+        if self._strategy(values) == "topk":
+            names = list(values)
+            keeps, thresholds = _keep_top_topk([values[n].detach().reshape(-1) for n in names], self.sparsity,
+                                               self.config.scope, out=buffers(names))
             out = {}
-            for group in groups.values():
-                keeps, thresholds = _keep_top_grouped([values[n].detach() for n in group], self.sparsity,
-                                                      out=buffers(group))
-                for name, keep, thr in zip(group, keeps, thresholds):
-                    out[name] = keep.view_as(values[name])
-                    self.parametrization(name).threshold = thr
+            for name, keep, thr in zip(names, keeps, thresholds):
+                out[name] = keep.view_as(values[name])
+                self.parametrization(name).threshold = thr  # a 0-dim device tensor: read lazily
             return out
         if self.config.scope == "local":
             out = {}
@@ -364,7 +416,7 @@ class MaskSet:
             return
         for name in self.names:  # reference cadence: the threshold stays, the count drifts
             p = self.parametrization(name)
-            torch.gt(p.scores, p.threshold, out=p.mask)
+            torch.gt(p.scores, p.threshold_value, out=p.mask)
 
     def set_sparsity(self, sparsity: float, reproject: bool = True) -> None:
         """New target sparsity (sparsity schedules call this); re-projects the masks at once by default."""
