@@ -28,7 +28,7 @@ from .io import atomic_path, write_json
 from .masks import MaskConfig, MaskSet, load_masks, save_masks, sparsity_of
 from .models import count_prunable, load_model, load_tokenizer, pick_device, prunable_linear_names
 from .tasks import get_task
-from .train import EvalRecord, TrainConfig, TrainLoop, predict_logits
+from .train import EvalRecord, TrainConfig, TrainLoop, predict_logits, release_memory
 
 # Bump a stage's version when a change alters its results: its nodes (and everything downstream) re-run.
 STAGE_VERSION = {"bias_model": "1", "finetune": "1", "mask_train": "1", "imp": "1", "gmp": "1", "structured": "1",
@@ -440,7 +440,12 @@ def run_stage(config: dict | StageConfig, out_dir: str, report: Report | None = 
     if cfg.stage == "bias_model":  # no model, no training loop
         return bias_model(cfg, out_dir)
     ctx = prepare(cfg)
-    return STAGES[cfg.stage](ctx, out_dir, report, resume_state)
+    device = ctx.device
+    try:
+        return STAGES[cfg.stage](ctx, out_dir, report, resume_state)
+    finally:
+        del ctx  # a reused worker process must not keep this stage's model (tests/test_memory_release.py)
+        release_memory(cfg.train.compile, device)
 
 
 def _save_masks(ctx: Context, path: str, masks: dict[str, torch.Tensor], target: float, **extra) -> float:
