@@ -16,7 +16,8 @@ import time
 import pandas as pd
 from ray import tune
 
-from srnet_core.io import atomic_path, load_state, save_state
+from srnet_core.checkpoint import AsyncCheckpointWriter, load_checkpoint
+from srnet_core.io import atomic_path
 from srnet_core.stages import run_stage
 from srnet_core.train import EvalRecord
 
@@ -60,11 +61,13 @@ def run_node(node: dict, report=None) -> str:
         return out_dir
     state_path = store.checkpoint_path(stage, key, STATE_FILE)
     resume_from = store.pull_checkpoint(stage, key, STATE_FILE)
-    resume_state = load_state(resume_from) if resume_from else None
+    resume_state = load_checkpoint(resume_from) if resume_from else None
+    # Written and uploaded off the training thread, only the latest kept; atomic: a kill mid-write leaves the
+    # previous checkpoint. Training waits only for the snapshot to host memory.
+    writer = AsyncCheckpointWriter(state_path, upload=lambda: store.push_checkpoint(stage, key, STATE_FILE))
 
     def on_eval(record: EvalRecord, state_fn) -> None:
-        save_state(state_path, state_fn())  # atomic: a kill mid-write leaves the previous checkpoint
-        store.push_checkpoint(stage, key, STATE_FILE)
+        writer.submit(state_fn)
         if report:
             report(record)
 
@@ -73,13 +76,17 @@ def run_node(node: dict, report=None) -> str:
     stage_config = dict(node["stage_config"])
     for name, (up_stage, up_key, filename) in node.get("inputs", {}).items():
         stage_config[name] = store.fetch(up_stage, up_key, filename)
-    rows = run_stage(stage_config, out_dir, report=on_eval, resume_state=resume_state)
+    try:
+        rows = run_stage(stage_config, out_dir, report=on_eval, resume_state=resume_state)
+    finally:
+        writer.close()  # the last checkpoint is on disk (and uploaded) before anything else happens
     ended = time.time()
     frame = result_frame(node, rows, started, ended)
     with atomic_path(os.path.join(out_dir, "rows.parquet")) as tmp:
         frame.to_parquet(tmp, index=False)
     shutil.rmtree(os.path.dirname(state_path), ignore_errors=True)  # outputs are saved; the state is not needed
-    store.mark_complete(stage, key, {"node": node, "wall_seconds": ended - started, **provenance()})
+    store.mark_complete(stage, key, {"node": node, "wall_seconds": ended - started, **provenance(),
+                                     "checkpoint_seconds": writer.summary()})
     return out_dir
 
 
