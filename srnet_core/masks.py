@@ -261,7 +261,9 @@ class MaskConfig:
     init: ``magnitude`` (kept scores = 2*phi, pruned = 0: step 0 is magnitude pruning) or ``magnitude_soft``
         (scores = |W|, the gradual runs). ``none``: all kept, scores 2*phi (masks loaded later, or set by
         IMP/GMP/structured pruning).
-    scope: ``local`` (per matrix, the protocol) or ``global`` (one threshold over all masked matrices).
+    scope: ``local`` (per matrix, the protocol), ``global`` (one threshold over all masked matrices) or
+        ``2:4`` (the top 2 of every 4 consecutive weights of a row: the semi-structured pattern sparse GPU
+        kernels accept; sparsity must be 0.5, see docs/pruning.md for what it buys in speed).
     reproject_every: 1 = exact top-k after every step (default); N > 1 = the reference cadence, where
         ``m = 1[S > threshold]`` with the threshold fixed between re-projections, so sparsity drifts.
     phi: the binarizer threshold of the reference (strict >); kept/pruned init scores are 2*phi / 0.
@@ -269,7 +271,7 @@ class MaskConfig:
 
     sparsity: float = 0.5
     init: Literal["magnitude", "magnitude_soft", "none"] = "magnitude"
-    scope: Literal["local", "global"] = "local"
+    scope: Literal["local", "global", "2:4"] = "local"
     reproject_every: int = 1
     phi: float = PHI
 
@@ -278,8 +280,11 @@ class MaskConfig:
             raise ValueError(f"mask.sparsity must be in [0, 1], got {self.sparsity}")
         if self.init not in ("magnitude", "magnitude_soft", "none"):
             raise ValueError(f"mask.init must be 'magnitude', 'magnitude_soft' or 'none', got {self.init!r}")
-        if self.scope not in ("local", "global"):
-            raise ValueError(f"mask.scope must be 'local' or 'global', got {self.scope!r}")
+        if self.scope not in ("local", "global", "2:4"):
+            raise ValueError(f"mask.scope must be 'local', 'global' or '2:4', got {self.scope!r}")
+        if self.scope == "2:4" and (float(self.sparsity) != 0.5 or int(self.reproject_every) != 1):
+            raise ValueError(f"mask.scope '2:4' keeps 2 of every 4 weights: it needs sparsity 0.5 and "
+                             f"reproject_every 1 (got sparsity {self.sparsity}, reproject_every {self.reproject_every})")
         if int(self.reproject_every) < 1:
             raise ValueError(f"mask.reproject_every must be >= 1 (1 = every step), got {self.reproject_every}")
 
@@ -303,6 +308,11 @@ class MaskSet:
         if unknown:
             raise KeyError(f"model has no modules named {unknown[:3]}; use prunable_linear_names(model)")
         self.modules = {n: modules[n] for n in self.names}
+        if config.scope == "2:4":
+            odd = [n for n in self.names if modules[n].weight.shape[-1] % 4]
+            if odd:
+                raise ValueError(f"mask.scope '2:4' needs rows divisible by 4; {odd[0]} has "
+                                 f"{modules[odd[0]].weight.shape[-1]} inputs")
         # Where the last k-th smallest score was and how wide a band to search around it next time (speed
         # only: the selection is exact whatever these are). "*" is the global scope's entry.
         self._hints: dict[str, float] = {}
@@ -378,6 +388,16 @@ class MaskSet:
         def buffers(names):
             return [self.parametrization(n).mask.view(-1) for n in names] if write_masks else None
 
+        if self.config.scope == "2:4":
+            out = {}
+            for name, v in values.items():
+                keep, _ = _keep_top_rows(v.detach().reshape(-1, 4), 2)  # ties: the later weight of a group
+                if write_masks:
+                    self.parametrization(name).mask.view(-1, 4).copy_(keep)
+                    out[name] = self.parametrization(name).mask
+                else:
+                    out[name] = keep.view_as(v)
+            return out
         if self._strategy(values) == "topk":
             names = list(values)
             keeps, thresholds = _keep_top_topk([values[n].detach().reshape(-1) for n in names], self.sparsity,
@@ -422,6 +442,8 @@ class MaskSet:
         """New target sparsity (sparsity schedules call this); re-projects the masks at once by default."""
         if not 0.0 <= float(sparsity) <= 1.0:
             raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+        if self.config.scope == "2:4" and float(sparsity) != 0.5:
+            raise ValueError(f"mask.scope '2:4' is 50% sparse by construction; cannot set sparsity {sparsity}")
         self.sparsity = float(sparsity)
         if reproject:
             self.project(force=True)

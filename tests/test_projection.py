@@ -171,3 +171,32 @@ def test_topk_thresholds_stay_on_device_until_read():
     mask_set.project(1)  # between re-projections: m = 1[S > threshold], threshold still a tensor
     assert torch.equal(p.mask.bool(), p.scores > p.threshold_value)
     assert isinstance(p.threshold, float) and isinstance(p.threshold_value, float)  # read once: now a float
+
+
+@pytest.mark.parametrize("selection", ["band", "topk"])
+def test_two_four_keeps_the_top_two_of_every_four(selection):
+    model = load_model("tiny-bert", 3, seed=0)
+    names = prunable_linear_names(model)  # the 3-label classifier has rows of 64: fine; outputs need no /4
+    mask_set = MaskSet(model, names, MaskConfig(sparsity=0.5, init="magnitude_soft", scope="2:4"))
+    mask_set.selection = selection
+    g = torch.Generator().manual_seed(9)
+    with torch.no_grad():  # heavy ties inside groups: the later weight of a group wins
+        for s in mask_set.score_parameters():
+            s.copy_(torch.randint(0, 3, s.shape, generator=g).float())
+    mask_set.project(1)
+    for name in names:
+        scores = mask_set.parametrization(name).scores.detach().reshape(-1, 4).numpy()
+        mask = mask_set.parametrization(name).mask.bool().reshape(-1, 4).numpy()
+        expected = np.stack([_lexsort_keep(row, 0.5) for row in scores])
+        assert np.array_equal(mask, expected), name
+        assert (mask.sum(axis=1) == 2).all()
+    assert mask_set.sparsity_report()["total"] == 0.5
+
+
+def test_two_four_refuses_other_sparsities():
+    with pytest.raises(ValueError, match="sparsity 0.5"):
+        MaskConfig(sparsity=0.7, scope="2:4")
+    model = load_model("tiny-bert", 3, seed=0)
+    mask_set = MaskSet(model, prunable_linear_names(model), MaskConfig(sparsity=0.5, scope="2:4"))
+    with pytest.raises(ValueError, match="50% sparse"):
+        mask_set.set_sparsity(0.9)
