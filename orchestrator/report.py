@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -94,6 +95,48 @@ def sparsity_pivot(curve: pd.DataFrame, task: str, dataset: str, metric: str) ->
     wide = _pivot(part, _row_keys(part), "target_sparsity")
     wide.columns = [f"{s:.2f}" for s in wide.columns]
     return _dense_first(wide.fillna("").reset_index())
+
+
+# Measured inference speed of pruned models (srnet_core.inference.measure; bench/gpu_suite.py writes it under
+# "inference"): put it as <output_dir>/inference_speed.json and the report shows it next to accuracy.
+SPEED_FILE = "inference_speed.json"
+UNSTRUCTURED_SPEED = "none (masks baked into dense weights)"
+
+
+def load_speed(output_dir: str) -> dict | None:
+    path = os.path.join(output_dir, SPEED_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        data = json.load(f)
+    return data.get("inference", data) if isinstance(data, dict) else None
+
+
+def speed_cell(method: str, sparsity, speed: dict | None) -> str:
+    """Inference speed-up vs dense of what ``method`` produces at ``sparsity``: measured when ``speed`` has
+    that variant (largest batch measured), else what is known without measuring: unstructured masks are
+    dense matrices with zeros, so no speed-up; structured tickets need a measurement."""
+    if sparsity is None or pd.isna(sparsity) or float(sparsity) == 0.0:
+        return "1.00x (dense)"
+    kind = "structured" if method == "structured" else "unstructured"
+    rows = [r for r in (speed or {}).get("rows", []) if r.get("kind") == kind
+            and abs(float(r.get("sparsity", -1)) - float(sparsity)) < 1e-6]
+    if rows:
+        best = max(rows, key=lambda r: r["batch"])
+        return f"{best['speedup']:.2f}x (measured, {speed.get('device', '?')}, batch {best['batch']})"
+    return UNSTRUCTURED_SPEED if kind == "unstructured" else "not measured"
+
+
+def accuracy_speed_table(curve: pd.DataFrame, task: str, dataset: str, metric: str,
+                         speed: dict | None) -> pd.DataFrame:
+    """One row per (run kind, target sparsity): the metric (mean ± std over seeds) and the inference speed-up."""
+    part = curve[(curve["task"] == task) & (curve["eval_dataset"] == dataset) & (curve["metric"] == metric)]
+    keys = _row_keys(part)
+    out = part.assign(**{metric: _cells(part)})
+    out[keys] = out[keys].astype(object).where(out[keys].notna(), "")
+    out["inference speed-up"] = [speed_cell(m, s, speed) for m, s in zip(out["method"], out["target_sparsity"])]
+    out["target_sparsity"] = [f"{v:.2f}" if pd.notna(v) else "" for v in out["target_sparsity"]]
+    return _dense_first(out[[*keys, "target_sparsity", metric, "inference speed-up"]].reset_index(drop=True))
 
 
 def _all_metrics_pivot(curve: pd.DataFrame, task: str, dataset: str) -> pd.DataFrame:
@@ -315,6 +358,7 @@ def _markdown(report: Report, frame: pd.DataFrame, curve: pd.DataFrame, metrics:
               out: str) -> str:
     sweeps = sorted(frame["sweep"].unique())
     t = report.tables
+    speed = load_speed(output_dir)
     lines = [f"# SRNet sweep report: {', '.join(sweeps)}", "",
              f"Generated {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M} UTC from `{output_dir}`. Every number is the "
              "mean ± std (sample std, ddof=1) over seeds, at each run's checkpoint selected on the ID dev set "
@@ -339,6 +383,11 @@ def _markdown(report: Report, frame: pd.DataFrame, curve: pd.DataFrame, metrics:
         role = curve.loc[(curve["task"] == task) & (curve["eval_dataset"] == dataset), "eval_role"].iloc[0]
         lines += [f"### {task}: {dataset} ({role.upper()}), {name}", "",
                   markdown_table(sparsity_pivot(curve, task, dataset, name)), ""]
+        if role == "id":
+            lines += [f"Accuracy next to inference speed ({name}; speed-up vs the dense model, "
+                      + (f"measured in `{SPEED_FILE}`" if speed else f"no `{SPEED_FILE}` measured yet")
+                      + "; unstructured masks give no speed-up with dense kernels, docs/pruning.md):", "",
+                      markdown_table(accuracy_speed_table(curve, task, dataset, name, speed)), ""]
     for fig in report.figures:
         lines += [f"![{os.path.basename(fig)}]({os.path.relpath(fig, out)})", ""]
     if len(t["hans"]):
