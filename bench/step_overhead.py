@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from srnet_core.masks import MaskConfig, MaskSet  # noqa: E402
 from srnet_core.models import prunable_linear_names  # noqa: E402
-from srnet_core.train import autocast_context, forward_logits  # noqa: E402
+from srnet_core.train import TrainConfig, autocast_context, forward_logits, make_optimizer  # noqa: E402
 
 from benchlib import write_result  # noqa: E402  (bench/ is on sys.path when run as a script)
 
@@ -60,7 +60,7 @@ def build_model(size: str, num_labels: int, seed: int, device):
 
 def make_stepper(model, params, device, amp, clock, after_step=None, timings=None):
     """One TrainLoop step; returns the function. ``timings`` collects after-step seconds when given."""
-    optimizer = torch.optim.AdamW(params, lr=2e-5, eps=1e-8, weight_decay=0.0)
+    optimizer = make_optimizer(params, TrainConfig(lr=2e-5), device)  # what TrainLoop uses: fused on CUDA
 
     def sync():
         if device.type == "cuda":
