@@ -284,6 +284,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_suite.json, else bench/results/)")
     parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), default=None)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile timings")
+    parser.add_argument("--size", choices=sorted(workload.SIZES), default=None,
+                        help="model shape (default: tiny with --smoke, else bert-base)")
     args = parser.parse_args(argv)
 
     class Cfg:
@@ -301,6 +303,7 @@ def main(argv=None) -> dict:
         cfg.device, cfg.size, cfg.batch, cfg.seq = torch.device("cuda"), "bert-base", 32, 128
         cfg.warmup, cfg.steps, cfg.iters, cfg.procs, cfg.stages = 10, 30, 10, [1, 4, 8], 10
         cfg.compile = False if args.no_compile else True
+    cfg.size = args.size or cfg.size
     cfg.gpu = cfg.device.type == "cuda"
     out_path = args.out or os.path.join(os.environ.get("OUT") or os.path.join(HERE, "results"), "gpu_suite.json")
 
