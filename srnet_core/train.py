@@ -293,7 +293,7 @@ class TrainLoop:
                 group["lr"] = cfg.lr * factor
             with autocast_context(self.device, cfg.amp):
                 logits = forward_logits(self.model, batch, self.device)
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            batch = {k: to_device(v, self.device) for k, v in batch.items()}
             loss = self.loss_fn(logits.float(), batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
