@@ -84,7 +84,9 @@ class OODUpperBound(_Strict):
 
 
 class Timing(_Strict):
-    steps: list[int] = Field(min_length=1)  # fine-tuning steps to start mask training from; the end is added
+    # Fractions of the std fine-tune's steps to start mask training from (its fixed checkpoint grid: 0.1, 0.2,
+    # ..., 0.9; orchestrator/plan.py); the end is added.
+    fractions: list[float] = Field(min_length=1)
     sparsity: float = Field(0.7, gt=0, lt=1)
     loss: LossName = "poe"
 
@@ -242,7 +244,7 @@ class SweepSpec(_Strict):
                 if t not in TASKS:
                     raise ValueError(f"paradigm_options.transfer: unknown task '{t}'; known: {sorted(TASKS)}")
         if "timing" in self.grid.paradigms and self.paradigm_options.timing is None:
-            raise ValueError("paradigm_options.timing: grid.paradigms has 'timing' but no steps are given")
+            raise ValueError("paradigm_options.timing: grid.paradigms has 'timing' but no fractions are given")
         for section, names in (("task_options", self.task_options), ("task_overrides", self.task_overrides)):
             for task in names:
                 if task not in tasks:
