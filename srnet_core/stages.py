@@ -213,17 +213,17 @@ def _summary(ctx: Context, out_dir: str, loop: TrainLoop | None, **extra) -> Non
 def finetune(ctx: Context, out_dir: str, report: Report | None, resume_state: dict | None) -> list[dict]:
     """Train all weights (dense); keep the best-on-ID-dev weights; optional step checkpoints and teacher."""
     params = {n: p for n, p in ctx.model.named_parameters() if p.requires_grad}
-    files = {step: f"weights_step{step}.safetensors" for step in ctx.cfg.save_steps}
+    files: dict[int, list[str]] = {step: [f"weights_step{step}.safetensors"] for step in ctx.cfg.save_steps}
 
     def after_step(step: int) -> None:
-        name = files.get(step)
-        if name and not os.path.exists(os.path.join(out_dir, name)):
-            _save_state_dict(os.path.join(out_dir, name), ctx.model)
+        for name in files.get(step, ()):  # a short run can put several fractions on one step
+            if not os.path.exists(os.path.join(out_dir, name)):
+                _save_state_dict(os.path.join(out_dir, name), ctx.model)
 
     os.makedirs(out_dir, exist_ok=True)
     loop = _loop(ctx, params, snapshot=lambda: params, after_step=after_step, current_sparsity=lambda: 0.0)
     for fraction in ctx.cfg.save_fractions:  # the same rule as orchestrator.plan.checkpoint_step
-        files[max(1, int(round(fraction * loop.total_steps)))] = f"weights_f{fraction:.1f}.safetensors"
+        files.setdefault(max(1, int(round(fraction * loop.total_steps))), []).append(f"weights_f{fraction:.1f}.safetensors")
     _run(loop, report, resume_state)
     with torch.no_grad():  # the selected weights
         for name, value in loop.best.items():

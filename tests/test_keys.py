@@ -121,10 +121,14 @@ def test_teacher_stage_equals_in_training_teacher(tmp_path):
            "seed": 1, "max_length": 32, "device": "cpu",
            "train": {"lr": 1e-3, "epochs": 1, "batch_size": 16, "eval_every": 3}}
     ft = str(tmp_path / "ft")
-    run_stage({**cfg, "stage": "finetune", "save_teacher": True, "save_fractions": [0.5]}, ft)
-    assert sorted(f for f in os.listdir(ft) if f.startswith("weights")) == ["weights.safetensors",
-                                                                           "weights_f0.5.safetensors"]
+    # 96 examples / 16 = 6 steps: 0.1 and 0.2 both fall on step 1, 0.5 on step 3
+    run_stage({**cfg, "stage": "finetune", "save_teacher": True, "save_fractions": [0.1, 0.2, 0.5]}, ft)
+    assert sorted(f for f in os.listdir(ft) if f.startswith("weights")) == [
+        "weights.safetensors", "weights_f0.1.safetensors", "weights_f0.2.safetensors", "weights_f0.5.safetensors"]
+    first, second = load_file(f"{ft}/weights_f0.1.safetensors"), load_file(f"{ft}/weights_f0.2.safetensors")
+    assert all(np.array_equal(first[k].numpy(), second[k].numpy()) for k in first)
     half = load_file(f"{ft}/weights_f0.5.safetensors")
+    assert any(not np.array_equal(half[k].numpy(), first[k].numpy()) for k in half)
     final = load_file(f"{ft}/weights.safetensors")
     assert any(not np.array_equal(half[k].numpy(), final[k].numpy()) for k in half)
     out = str(tmp_path / "teacher")
