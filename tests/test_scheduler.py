@@ -153,3 +153,48 @@ def test_failing_branch_skips_its_descendants_while_the_rest_finishes(ray_env, t
     # nothing of the failed branch was run or left half-done in the store
     store = os.path.join(str(tmp_path / "out"), "artifacts", "mask_train")
     assert sorted(os.listdir(store)) == sorted(ok[ok["stage"] == "mask_train"].index)
+
+
+def test_every_stage_resources_checked_before_anything_runs():
+    import copy
+
+    from orchestrator.launch import validate_resources
+    from orchestrator.plan import build_plan
+    from orchestrator.spec import SpecError, parse_spec
+
+    d = copy.deepcopy({**SPEC, "output_dir": "out"})
+    d["resources"] = {"cpus_per_trial": "auto", "stages": {"mask_train": {"gpus": 0.5}}}
+    spec = parse_spec(d)
+    plan = build_plan(spec)
+    todo = list(plan.nodes.values())
+    # mask training comes only after the fine-tune, yet its impossible GPU request fails up front
+    with pytest.raises(SpecError, match=r"resources.stages.mask_train.gpus"):
+        validate_resources(spec, plan, todo, {"CPU": 4})
+    got = validate_resources(spec, plan, todo, {"CPU": 4, "GPU": 1})
+    # "auto" CPUs: 4 shared by the widest wave of remaining nodes (the 2 mask-training nodes)
+    assert got == {"finetune": {"cpu": 2.0, "gpu": 1.0}, "mask_train": {"cpu": 2.0, "gpu": 0.5}}
+
+
+def test_progress_view_counts_and_line(capsys):
+    from rich.console import Console
+
+    from orchestrator.plan import Plan
+    from orchestrator.progress import LiveProgress
+
+    nodes = dag()
+    s, names = scheduler_of(nodes)
+    s.add_nodes(nodes.values(), complete={nodes["f"].key})
+    a = s.next_ready()
+    s.node_failed(a.key, "boom")
+    d = s.next_ready()
+    s.node_done(d.key)
+    console = Console(width=200, force_terminal=False)
+    view = LiveProgress(Plan({n.key: n for n in nodes.values()}), s, {}, console, every=3600, live=False)
+    tally = view.tally()
+    row = tally.rows["bias_model"]
+    assert (row["nodes"], row["done"], row["cached"], row["failed"], row["skipped"], row["to run"]) == (6, 1, 1, 1, 3, 0)
+    with view:
+        pass
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith("progress: 6/6 nodes ended (done 1, cached 1, failed 1, skipped 3)")
+    assert "ETA 0:00:00" in out  # nothing left
