@@ -189,7 +189,8 @@ class Resources(_Strict):
     max_concurrent_trials: int | None = Field(None, ge=1)
     # Per stage kind, e.g. {bias_model: {gpus: 0}, mask_train: {gpus: 0.5}}: what differs from the above.
     # bias_model (scikit-learn) asks for no GPU unless given one here.
-    stages: dict[Literal["bias_model", "finetune", "mask_train", "imp", "gmp", "structured", "retrain", "evaluate"],
+    stages: dict[Literal["bias_model", "finetune", "teacher", "mask_train", "imp", "gmp", "structured", "retrain",
+                         "evaluate"],
                  StageResources] = {}
 
     @field_validator("gpus_per_trial")
