@@ -11,8 +11,8 @@ a backbone) adds only the new nodes:
 - every std fine-tune saves its weights on a fixed fraction grid (``FT_CHECKPOINT_FRACTIONS``: 10%, 20%, ...,
   90% of its steps) whether or not the sweep has the timing paradigm; timing fractions must lie on that grid,
   so adding one never re-keys the fine-tune;
-- fields the planner sets itself (``<stage>.seed``, ``<stage>.select_from``, ``device``) are rejected in the
-  spec instead of being silently replaced.
+- fields the planner sets itself (``<stage>.seed``, ``<stage>.select_from``, ``mask.sparsity``, ``device``) are
+  rejected in the spec instead of being silently replaced.
 
 Paradigms are a registry (``PARADIGMS``): one small function per paradigm adds its nodes.
 """
@@ -137,6 +137,11 @@ def check_planner_fields(spec: SweepSpec) -> None:
                 if name in getattr(overrides, stage):
                     raise SpecError(f"field 'task_overrides.{task}.{stage}.{name}': set by the planner from "
                                     f"{source}; remove it")
+    from srnet_core.masks import MaskConfig
+
+    if spec.mask.sparsity != MaskConfig().sparsity:
+        raise SpecError("field 'mask.sparsity': set by the planner from grid.sparsities (and the paradigms' "
+                        "options); remove it")
     if spec.device != "auto":
         raise SpecError(f"field 'device': set per node from resources (gpus_per_trial / resources.stages); "
                         f"remove 'device: {spec.device}'")
@@ -165,7 +170,8 @@ class _Builder:
             "data_dir": spec.resolved_data_dir(), "backbone": backbone, "seed": seed, "loss": loss,
             "sparsity": sparsity, "max_length": spec.max_length, "device": spec.device,
             "train": spec.train_config(train_stage or stage, task, seed),
-            "mask": asdict(spec.mask),
+            # the stage sets the mask's sparsity from its own `sparsity`: keep the spec's out of the key
+            "mask": {k: v for k, v in asdict(spec.mask).items() if k != "sparsity"},
         }
         return {k: v for k, v in cfg.items() if k in STAGE_FIELDS[stage]}
 

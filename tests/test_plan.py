@@ -99,6 +99,10 @@ def test_planner_owned_fields_are_rejected():
     with pytest.raises(SpecError, match=r"task_overrides.synthetic.retrain.seed"):
         build_plan(parse_spec(d))
     d = copy.deepcopy(BASE)
+    d["mask"] = {"sparsity": 0.3}
+    with pytest.raises(SpecError, match=r"field 'mask.sparsity': set by the planner from grid.sparsities"):
+        build_plan(parse_spec(d))
+    d = copy.deepcopy(BASE)
     d["device"] = "cpu"
     with pytest.raises(SpecError, match=r"field 'device': set per node from resources"):
         build_plan(parse_spec(d))
@@ -112,6 +116,7 @@ def test_stages_get_only_the_fields_they_read():
     for node in plan.nodes.values():
         assert ("sparsity" in node.stage_config) == (node.stage == "mask_train"), node.stage
         assert ("mask" in node.stage_config) == (node.stage == "mask_train"), node.stage
+        assert "sparsity" not in node.stage_config.get("mask", {})  # the node's own sparsity is the one used
 
 
 def test_every_paradigm_composes():
