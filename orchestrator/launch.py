@@ -101,7 +101,7 @@ class RowPublisher:
                 return
             node, error = item
             try:
-                publish_node(node, self.store, self.root, error)
+                publish_node(node, self.store, self.root, error, known_complete=error is None)
                 self.published += 1
             except Exception as err:  # never kill the sweep for a row file; report it at the end
                 self.failures.append(f"{node.stage} {node.key}: {type(err).__name__}: {err}")
@@ -112,9 +112,10 @@ class RowPublisher:
 
 
 def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, complete: set[tuple[str, str]],
-             verbose: bool = False) -> tuple[dict[str, str], list[str]]:
+             verbose: bool = False) -> tuple[dict[str, str], list[str], set[tuple[str, str]]]:
     """Run every incomplete node of the plan in ONE Tune run, dependency-driven (orchestrator.scheduler).
-    Returns ({node_key: error} for failed and skipped nodes, row-publishing failures)."""
+    Returns ({node_key: error} for failed and skipped nodes, row-publishing failures, (stage, key) of the
+    nodes completed by this run)."""
     import ray
     from ray import tune
     from ray.tune import PlacementGroupFactory
@@ -128,7 +129,7 @@ def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, compl
     done_keys = {key for stage, key in complete}
     todo = [n for n in plan.nodes.values() if (n.stage, n.key) not in complete]
     if not todo:
-        return {}, []
+        return {}, [], set()
     resources = validate_resources(spec, plan, todo, ray.cluster_resources())
 
     scheduler = DagScheduler(duration=node_seconds)
@@ -197,7 +198,8 @@ def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, compl
     for key, status in scheduler.snapshot().items():
         if status in ("waiting", "ready", "running"):  # Tune stopped early (e.g. interrupted)
             errors[key] = f"not run: the Tune run ended while it was {status}"
-    return errors, publisher.failures
+    finished = {(plan.nodes[k].stage, k) for k, s in scheduler.snapshot().items() if s == "done"}
+    return errors, publisher.failures, finished
 
 
 def error_frame(node: Node, message: str) -> pd.DataFrame:
@@ -212,12 +214,13 @@ def error_frame(node: Node, message: str) -> pd.DataFrame:
 UNPUBLISHED_STAGES = {"teacher"}
 
 
-def publish_node(node: Node, store: ArtifactStore, root: str, error: str | None = None) -> None:
+def publish_node(node: Node, store: ArtifactStore, root: str, error: str | None = None,
+                 known_complete: bool = False) -> None:
     if error is not None:
         results.publish(root, error_frame(node, error))
     elif node.stage in UNPUBLISHED_STAGES:
         return
-    elif store.is_complete(node.stage, node.key):
+    elif known_complete or store.is_complete(node.stage, node.key):
         results.publish(root, pd.read_parquet(store.fetch(node.stage, node.key, "rows.parquet")))
 
 
@@ -238,7 +241,7 @@ def collect(plan: Plan, store: ArtifactStore, root: str, errors: dict[str, str],
             if node.key not in failed:  # the launch's publisher wrote it already, unless it failed to
                 publish_node(node, store, root, errors[node.key])
         elif node.key not in done and (node.stage, node.key) in complete and node.stage not in UNPUBLISHED_STAGES:
-            publish_node(node, store, root)
+            publish_node(node, store, root, known_complete=True)
 
 
 def summarize(frame: pd.DataFrame) -> Table:
@@ -301,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=args.verbose)
     try:
         # a node that is not complete runs; one interrupted mid-training resumes from its checkpoint
-        errors, publish_failures = run_plan(spec, plan, store, root, complete, verbose=args.verbose)
+        errors, publish_failures, finished = run_plan(spec, plan, store, root, complete, verbose=args.verbose)
     except SpecError as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         return 2
@@ -311,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for failure in publish_failures:
         console.print(f"[yellow]publishing rows failed (retried below):[/] {failure}", highlight=False)
-    collect(plan, store, root, errors)
+    collect(plan, store, root, errors, complete | finished)  # no second listing of the store
     frame = results.load(root, sweep=spec.name)
     console.print(summarize(frame))
     out_dir = os.path.abspath(spec.output_dir)
