@@ -198,3 +198,20 @@ def test_progress_view_counts_and_line(capsys):
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and out.startswith("progress: 6/6 nodes ended (done 1, cached 1, failed 1, skipped 3)")
     assert "ETA 0:00:00" in out  # nothing left
+
+
+@pytest.mark.parametrize("uri", [False, True])
+def test_store_lists_completion_markers_in_one_pass(tmp_path, uri):
+    from workers.store import ArtifactStore
+
+    root = str(tmp_path / "store")
+    store = ArtifactStore("file://" + root if uri else root, cache_dir=str(tmp_path / "cache"))
+    assert store.list_complete() == set()
+    for stage, key in (("finetune", "k1"), ("mask_train", "k2"), ("mask_train", "k3")):
+        os.makedirs(store.node_dir(stage, key), exist_ok=True)
+        with open(os.path.join(store.node_dir(stage, key), "rows.parquet"), "wb") as f:
+            f.write(b"x")
+        if key != "k3":  # k3 is half-done: files, no marker
+            store.mark_complete(stage, key, {})
+    assert store.list_complete() == {("finetune", "k1"), ("mask_train", "k2")}
+    assert all(store.is_complete(s, k) for s, k in store.list_complete())
