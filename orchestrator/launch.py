@@ -112,10 +112,14 @@ class RowPublisher:
 
 
 def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, complete: set[tuple[str, str]],
-             verbose: bool = False) -> tuple[dict[str, str], list[str], set[tuple[str, str]]]:
+             verbose: bool = False, on_scheduler=None) -> tuple[dict[str, str], list[str], set[tuple[str, str]]]:
     """Run every incomplete node of the plan in ONE Tune run, dependency-driven (orchestrator.scheduler).
     Returns ({node_key: error} for failed and skipped nodes, row-publishing failures, (stage, key) of the
-    nodes completed by this run)."""
+    nodes completed by this run).
+
+    ``on_scheduler(scheduler)``: for producers of more nodes (e.g. a search): called before Tune starts with
+    the run's ``DagScheduler``, opened (``keep_open``) so the run waits for nodes it adds until it calls
+    ``scheduler.close()``."""
     import ray
     from ray import tune
     from ray.tune import PlacementGroupFactory
@@ -128,31 +132,54 @@ def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, compl
 
     done_keys = {key for stage, key in complete}
     todo = [n for n in plan.nodes.values() if (n.stage, n.key) not in complete]
-    if not todo:
+    if not todo and on_scheduler is None:
         return {}, [], set()
-    resources = validate_resources(spec, plan, todo, ray.cluster_resources())
+    cluster = ray.cluster_resources()
+    resources = validate_resources(spec, plan, todo, cluster)
 
-    scheduler = DagScheduler(duration=node_seconds)
+    scheduler = DagScheduler(duration=node_seconds, keep_open=on_scheduler is not None)
     publisher = RowPublisher(store, root)
     scheduler.on_node_done(publisher.submit)
     scheduler.add_nodes(plan.nodes.values(), complete=done_keys)
+    if on_scheduler is not None:
+        on_scheduler(scheduler)
 
     def payload(node: Node) -> dict:
+        if node.stage not in resources:  # a stage only a producer's nodes use
+            resources[node.stage] = node_resources(spec, node.stage, 1, cluster)
         res = resources[node.stage]
         node.stage_config["device"] = "cuda" if res["gpu"] > 0 else "cpu"
         return node_payload(node, store, res)
 
     by_id: dict = {}  # trial id -> Trial, for its error text
 
+    def last_line(trial) -> str:
+        text = ""
+        if trial is not None:
+            text = trial.get_error() or (open(trial.error_file).read() if trial.error_file and
+                                         os.path.exists(trial.error_file) else "")
+        lines = [line for line in str(text).strip().splitlines() if line.strip()]
+        return lines[-1][:500] if lines else ""
+
     class TrackTrials(tune.Callback):
-        def on_trial_start(self, iteration, trials, trial, **info):
+        def on_trial_add(self, iteration, trials, trial, **info):
             by_id[trial.trial_id] = trial
 
+        def on_trial_error(self, iteration, trials, trial, **info):
+            # Tune tells the Searcher of a failure before this callback; if the error text was not readable
+            # then, record it now and publish the node's error row again (same file: idempotent)
+            key = trial.config["node"]["key"]
+            if scheduler.message.get(key) == "failed":
+                message = last_line(trial)
+                if message:
+                    scheduler.set_message(key, message)
+                    publisher.submit(scheduler.nodes[key], "failed", message)
+
+        def __reduce__(self):  # Tune pickles its run config (tuner.pkl): leave the live scheduler out
+            return (tune.Callback, ())
+
     def error_of(trial_id: str) -> str:
-        trial = by_id.get(trial_id)
-        text = (trial.get_error() if trial is not None else None) or ""
-        lines = [line for line in str(text).strip().splitlines() if line.strip()]
-        return lines[-1][:500] if lines else "failed"
+        return last_line(by_id.get(trial_id)) or "failed"
 
     def trainable(config):
         stage_trainable(config)
@@ -179,7 +206,7 @@ def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, compl
             verbose=1 if verbose else 0,
         ),
     )
-    gpus = {n.key: resources[n.stage]["gpu"] for n in plan.nodes.values()}
+    gpus = {n.key: resources[n.stage]["gpu"] for n in plan.nodes.values() if n.stage in resources}
     every = float(os.environ.get("SRNET_PROGRESS_EVERY", "30"))
     # Tune's new console output prints its experiment header even at verbose=0; the legacy one is silent there
     saved = os.environ.get("RAY_AIR_NEW_OUTPUT")
@@ -198,7 +225,7 @@ def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, compl
     for key, status in scheduler.snapshot().items():
         if status in ("waiting", "ready", "running"):  # Tune stopped early (e.g. interrupted)
             errors[key] = f"not run: the Tune run ended while it was {status}"
-    finished = {(plan.nodes[k].stage, k) for k, s in scheduler.snapshot().items() if s == "done"}
+    finished = {(scheduler.nodes[k].stage, k) for k, s in scheduler.snapshot().items() if s == "done"}
     return errors, publisher.failures, finished
 
 

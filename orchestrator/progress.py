@@ -110,7 +110,9 @@ class LiveProgress:
         if actual > 0 and estimated > 0 and busy > 0:
             concurrency = busy / max(elapsed, 1e-9)
             eta = remaining * (actual / estimated) / max(concurrency, 1e-9)
-        return Tally(self.plan, status, spent, eta_s=eta, elapsed_s=elapsed)
+        with s._lock:  # the scheduler's nodes: the plan's and any a producer added while the run goes on
+            nodes = Plan(dict(s.nodes)) if len(s.nodes) != len(self.plan.nodes) else self.plan
+        return Tally(nodes, status, spent, eta_s=eta, elapsed_s=elapsed)
 
     def _loop(self) -> None:
         if self.live:

@@ -22,6 +22,10 @@ API for other producers of nodes (e.g. an Optuna study whose trials are ordinary
 - ``DagScheduler(keep_open=True)`` keeps Tune asking for nodes even when nothing is left; call
   ``scheduler.close()`` once no more nodes will be added, and the run ends when the remaining nodes end.
 - ``scheduler.counts()`` / ``scheduler.snapshot()``: status per stage for progress views.
+- In a launch: ``orchestrator.launch.run_plan(..., on_scheduler=fn)`` calls ``fn(scheduler)`` before Tune starts,
+  with the scheduler kept open; the producer adds nodes (from its callbacks or its own thread) and closes it.
+  Nodes it adds are published like the plan's. While nothing is ready or running, Tune polls ``suggest``
+  about once a second.
 
 States: ``waiting`` (an input is not complete yet), ``ready``, ``running``, ``done`` (finished in this launch),
 ``cached`` (complete before the launch: never run again), ``failed``, ``skipped``.

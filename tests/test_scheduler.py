@@ -148,6 +148,7 @@ def test_failing_branch_skips_its_descendants_while_the_rest_finishes(ray_env, t
     assert len(bad) == 3 and (bad["status"] == "failed").all()
     ft = bad[bad["stage"] == "finetune"]
     assert len(ft) == 1 and not ft["error"].iloc[0].startswith("skipped")
+    assert ft["error"].iloc[0] != "failed"  # the trial's own error line, not a placeholder
     masks = bad[bad["stage"] == "mask_train"]
     assert (masks["error"] == f"skipped: upstream finetune {ft.index[0]} failed").all()
     # nothing of the failed branch was run or left half-done in the store
@@ -215,3 +216,36 @@ def test_store_lists_completion_markers_in_one_pass(tmp_path, uri):
             store.mark_complete(stage, key, {})
     assert store.list_complete() == {("finetune", "k1"), ("mask_train", "k2")}
     assert all(store.is_complete(s, k) for s, k in store.list_complete())
+
+
+@pytest.mark.slow
+def test_nodes_added_while_the_tune_run_goes_on(ray_env, tmp_path):
+    """A producer (as a search would) adds a node after the first one ended; the same Tune run runs it."""
+    from orchestrator import launch, results
+    from orchestrator.plan import build_plan
+    from orchestrator.spec import parse_spec
+    from workers.store import ArtifactStore
+
+    def spec_for(seeds):
+        train = {"lr": 1e-3, "max_steps": 1, "batch_size": 32, "eval_every": 1, "eval_at_start": False}
+        return parse_spec({"name": "grow", "output_dir": str(tmp_path / "out"), "max_length": 32,
+                           "grid": {"tasks": ["synthetic"], "backbones": ["tiny-bert"], "sparsities": [0.5],
+                                    "seeds": seeds, "paradigms": []},
+                           "task_options": {"synthetic": {"n_train": 32, "n_dev": 16, "n_ood": 16}},
+                           "finetune": train, "resources": {"cpus_per_trial": 1}})
+    spec, later = spec_for([0]), build_plan(spec_for([1]))
+    plan = build_plan(spec)
+    store = ArtifactStore(spec.artifact_root())
+    root = results.results_dir(spec.output_dir)
+
+    def producer(scheduler):
+        def add_after_first(node, status, message):
+            if node.key in plan.nodes and status == "done":
+                scheduler.add_nodes(later.nodes.values())
+                scheduler.close()
+        scheduler.on_node_done(add_after_first)
+
+    errors, failures, finished = launch.run_plan(spec, plan, store, root, set(), on_scheduler=producer)
+    assert errors == {} and failures == []
+    assert {k for _, k in finished} == set(plan.nodes) | set(later.nodes)
+    assert set(results.load(root)["node_key"]) == set(plan.nodes) | set(later.nodes)
