@@ -1,7 +1,9 @@
-"""Run a sweep: ``python -m orchestrator.launch sweeps/smoke.yaml [--address ray://...] [--dry-run]``.
+"""Run a sweep: ``python -m orchestrator.launch sweeps/smoke.yaml [--address ray://...] [--dry-run] [--status]``.
 
-spec -> plan (stage DAG, content keys) -> skip complete nodes -> Ray Tune wave by wave -> Parquet rows ->
-summary table and figure. Exits 1 if any node failed, 2 on a spec mistake.
+spec -> plan (stage DAG, content keys) -> skip complete nodes -> ONE Ray Tune run whose Searcher hands out nodes
+as their inputs complete (orchestrator.scheduler) -> Parquet rows published per node -> summary table, figure
+and report. A live progress view replaces Tune's reporter (``--verbose`` brings it back). Exits 1 if any node
+failed, 2 on a spec mistake.
 """
 from __future__ import annotations
 
@@ -30,13 +32,13 @@ def node_payload(node: Node, store: ArtifactStore, resources: dict | None = None
             "columns": {**node.columns, "upstream_keys": ",".join(u.key for u in node.upstream)}}
 
 
-def print_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore) -> None:
+def print_plan(spec: SweepSpec, plan: Plan, complete: set[tuple[str, str]]) -> None:
     hours = estimate_gpu_hours(plan)
     table = Table(title=f"plan for sweep '{spec.name}'")
     for col in ("stage", "nodes", "complete", "to run", "est. GPU-hours"):
         table.add_column(col, justify="right" if col != "stage" else "left")
     for stage, count in plan.count_by_stage().items():
-        done = sum(store.is_complete(stage, n.key) for n in plan.nodes.values() if n.stage == stage)
+        done = sum((stage, n.key) in complete for n in plan.nodes.values() if n.stage == stage)
         table.add_row(stage, str(count), str(done), str(count - done), f"{hours.get(stage, 0.0):,.1f}")
     console.print(table)
     console.print(f"{len(plan.nodes)} stage nodes; a naive per-trial expansion would run {plan.naive_runs} "
@@ -63,60 +65,168 @@ def node_resources(spec: SweepSpec, stage: str, n_trials: int, cluster: dict) ->
     return {"cpu": float(cpus), "gpu": float(gpus)}
 
 
-def run_wave(spec: SweepSpec, nodes: list[Node], store: ArtifactStore, wave: int, root: str) -> dict[str, str]:
-    """Run nodes on Ray Tune; returns {node_key: error message} for failed nodes. Each node's rows are
-    published as soon as its trial completes, so a running sweep can be queried."""
+def validate_resources(spec: SweepSpec, plan: Plan, todo: list[Node], cluster: dict) -> dict[str, dict]:
+    """Every stage's trial resources, checked before anything runs (a GPU the cluster lacks fails now, for
+    every stage at once rather than when its first node comes up). "auto" CPUs are shared among the trials
+    that can run at once: the widest wave of remaining nodes (capped by max_concurrent_trials)."""
+    todo_keys = {n.key for n in todo}
+    width = max((sum(n.key in todo_keys for n in wave) for wave in plan.waves()), default=1)
+    if spec.resources.max_concurrent_trials:
+        width = min(width, spec.resources.max_concurrent_trials)
+    return {stage: node_resources(spec, stage, max(1, width), cluster) for stage in plan.count_by_stage()}
+
+
+class RowPublisher:
+    """Publishes each ended node's rows from a worker thread, off Tune's event loop. A failed publish is
+    caught and reported (the final ``collect`` publishes whatever is still missing)."""
+
+    def __init__(self, store: ArtifactStore, root: str):
+        import queue
+        import threading
+
+        self.store, self.root = store, root
+        self.failures: list[str] = []
+        self.published = 0
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="publish-rows", daemon=True)
+        self._thread.start()
+
+    def submit(self, node: Node, status: str, message: str) -> None:
+        self._queue.put((node, None if status == "done" else message))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            node, error = item
+            try:
+                publish_node(node, self.store, self.root, error, known_complete=error is None)
+                self.published += 1
+            except Exception as err:  # never kill the sweep for a row file; report it at the end
+                self.failures.append(f"{node.stage} {node.key}: {type(err).__name__}: {err}")
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+
+def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, complete: set[tuple[str, str]],
+             verbose: bool = False, on_scheduler=None) -> tuple[dict[str, str], list[str], set[tuple[str, str]]]:
+    """Run every incomplete node of the plan in ONE Tune run, dependency-driven (orchestrator.scheduler).
+    Returns ({node_key: error} for failed and skipped nodes, row-publishing failures, (stage, key) of the
+    nodes completed by this run).
+
+    ``on_scheduler(scheduler)``: for producers of more nodes (e.g. a search): called before Tune starts with
+    the run's ``DagScheduler``, opened (``keep_open``) so the run waits for nodes it adds until it calls
+    ``scheduler.close()``."""
+    import ray
     from ray import tune
-
-    by_key = {n.key: n for n in nodes}
-
-    class PublishRows(tune.Callback):
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            publish_node(by_key[trial.config["node"]["key"]], store, root)
+    from ray.tune import PlacementGroupFactory
 
     from workers.trainable import stage_trainable
 
-    def trainable(config):  # a fresh function per wave: tune.with_resources mutates what it wraps
+    from .plan import node_seconds
+    from .progress import LiveProgress
+    from .scheduler import DagScheduler, make_searcher
+
+    done_keys = {key for stage, key in complete}
+    todo = [n for n in plan.nodes.values() if (n.stage, n.key) not in complete]
+    if not todo and on_scheduler is None:
+        return {}, [], set()
+    cluster = ray.cluster_resources()
+    resources = validate_resources(spec, plan, todo, cluster)
+
+    scheduler = DagScheduler(duration=node_seconds, keep_open=on_scheduler is not None)
+    publisher = RowPublisher(store, root)
+    scheduler.on_node_done(publisher.submit)
+    scheduler.add_nodes(plan.nodes.values(), complete=done_keys)
+    if on_scheduler is not None:
+        on_scheduler(scheduler)
+
+    def payload(node: Node) -> dict:
+        if node.stage not in resources:  # a stage only a producer's nodes use
+            resources[node.stage] = node_resources(spec, node.stage, 1, cluster)
+        res = resources[node.stage]
+        node.stage_config["device"] = "cuda" if res["gpu"] > 0 else "cpu"
+        return node_payload(node, store, res)
+
+    by_id: dict = {}  # trial id -> Trial, for its error text
+
+    def last_line(trial) -> str:
+        text = ""
+        if trial is not None:
+            text = trial.get_error() or (open(trial.error_file).read() if trial.error_file and
+                                         os.path.exists(trial.error_file) else "")
+        lines = [line for line in str(text).strip().splitlines() if line.strip()]
+        return lines[-1][:500] if lines else ""
+
+    class TrackTrials(tune.Callback):
+        def on_trial_add(self, iteration, trials, trial, **info):
+            by_id[trial.trial_id] = trial
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            # Tune tells the Searcher of a failure before this callback; if the error text was not readable
+            # then, record it now and publish the node's error row again (same file: idempotent)
+            key = trial.config["node"]["key"]
+            if scheduler.message.get(key) == "failed":
+                message = last_line(trial)
+                if message:
+                    scheduler.set_message(key, message)
+                    publisher.submit(scheduler.nodes[key], "failed", message)
+
+        def __reduce__(self):  # Tune pickles its run config (tuner.pkl): leave the live scheduler out
+            return (tune.Callback, ())
+
+    def error_of(trial_id: str) -> str:
+        return last_line(by_id.get(trial_id)) or "failed"
+
+    def trainable(config):
         stage_trainable(config)
 
-    import ray
-    from ray.tune import PlacementGroupFactory
-
-    cluster = ray.cluster_resources()
-    payloads = []
-    for node in nodes:
-        res = node_resources(spec, node.stage, len(nodes), cluster)
-        node.stage_config["device"] = "cuda" if res["gpu"] > 0 else "cpu"
-        payloads.append(node_payload(node, store, res))
-
-    def trial_resources(config):  # per trial: stages of one wave may ask for different resources
+    def trial_resources(config):  # per trial: stages ask for different resources (fractional GPUs too)
         r = config["node"]["resources"]
         return PlacementGroupFactory([{"CPU": r["cpu"], "GPU": r["gpu"]}])
 
     tuner = tune.Tuner(
         tune.with_resources(trainable, trial_resources),
-        param_space={"node": tune.grid_search(payloads)},
         tune_config=tune.TuneConfig(
+            search_alg=make_searcher(scheduler, payload, error_of),
+            num_samples=-1,  # the searcher says when it is done (Searcher.FINISHED)
             max_concurrent_trials=spec.resources.max_concurrent_trials,
             reuse_actors=True,  # a new trial process costs seconds (torch + transformers imports)
             trial_dirname_creator=lambda trial: trial.config["node"]["key"],
             trial_name_creator=lambda trial: f"{trial.config['node']['stage']}-{trial.config['node']['key']}",
         ),
         run_config=tune.RunConfig(
-            name=f"wave{wave}-{int(time.time())}",
+            name=f"{spec.name}-{int(time.time())}",
             storage_path=os.path.join(os.path.abspath(spec.output_dir), "ray"),
             failure_config=tune.FailureConfig(max_failures=1),
-            callbacks=[PublishRows()],
-            verbose=1,
+            callbacks=[TrackTrials()],
+            verbose=1 if verbose else 0,
         ),
     )
-    grid = tuner.fit()
-    errors = {}
-    for result in grid:
-        key = result.config["node"]["key"]
-        if result.error is not None:
-            errors[key] = str(result.error).strip().splitlines()[-1][:500]
-    return errors
+    gpus = {n.key: resources[n.stage]["gpu"] for n in plan.nodes.values() if n.stage in resources}
+    every = float(os.environ.get("SRNET_PROGRESS_EVERY", "30"))
+    # Tune's new console output prints its experiment header even at verbose=0; the legacy one is silent there
+    saved = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    if not verbose:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        with LiveProgress(plan, scheduler, gpus, console, every=every):
+            tuner.fit()
+    finally:
+        publisher.close()
+        if saved is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = saved
+    errors = {k: scheduler.message.get(k, s) for k, s in scheduler.snapshot().items() if s in ("failed", "skipped")}
+    for key, status in scheduler.snapshot().items():
+        if status in ("waiting", "ready", "running"):  # Tune stopped early (e.g. interrupted)
+            errors[key] = f"not run: the Tune run ended while it was {status}"
+    finished = {(scheduler.nodes[k].stage, k) for k, s in scheduler.snapshot().items() if s == "done"}
+    return errors, publisher.failures, finished
 
 
 def error_frame(node: Node, message: str) -> pd.DataFrame:
@@ -126,24 +236,39 @@ def error_frame(node: Node, message: str) -> pd.DataFrame:
     return pd.DataFrame([row])
 
 
-def publish_node(node: Node, store: ArtifactStore, root: str, error: str | None = None) -> None:
+# Intermediate nodes whose rows stay in the store only: a teacher has no eval sets (its one row is its accuracy
+# on the training data), which curves and checkpoint re-selection must not see. Their failures are published.
+UNPUBLISHED_STAGES = {"teacher"}
+
+
+def publish_node(node: Node, store: ArtifactStore, root: str, error: str | None = None,
+                 known_complete: bool = False) -> None:
     if error is not None:
         results.publish(root, error_frame(node, error))
-    elif store.is_complete(node.stage, node.key):
+    elif node.stage in UNPUBLISHED_STAGES:
+        return
+    elif known_complete or store.is_complete(node.stage, node.key):
         results.publish(root, pd.read_parquet(store.fetch(node.stage, node.key, "rows.parquet")))
 
 
-def collect(plan: Plan, store: ArtifactStore, root: str, errors: dict[str, str]) -> None:
+def collect(plan: Plan, store: ArtifactStore, root: str, errors: dict[str, str],
+            complete: set[tuple[str, str]] | None = None) -> None:
     """Publish every node of the plan not yet in the results: failures, and nodes finished by earlier runs
     (or other sweeps sharing the store). Idempotent: one file per node."""
     try:
         existing = results.load(root, columns=["node_key", "status"])
         done = set(existing.loc[existing["status"] == "completed", "node_key"])
+        failed = set(existing.loc[existing["status"] == "failed", "node_key"])
     except FileNotFoundError:
-        done = set()
+        done, failed = set(), set()
+    if complete is None:
+        complete = store.list_complete()
     for node in plan.nodes.values():
-        if node.key in errors or node.key not in done:
-            publish_node(node, store, root, errors.get(node.key))
+        if node.key in errors:
+            if node.key not in failed:  # the launch's publisher wrote it already, unless it failed to
+                publish_node(node, store, root, errors[node.key])
+        elif node.key not in done and (node.stage, node.key) in complete and node.stage not in UNPUBLISHED_STAGES:
+            publish_node(node, store, root, known_complete=True)
 
 
 def summarize(frame: pd.DataFrame) -> Table:
@@ -168,47 +293,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("spec", help="sweep YAML (see sweeps/)")
     parser.add_argument("--address", help="Ray cluster address; default: start an embedded local Ray")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit; touches no model")
+    parser.add_argument("--status", action="store_true",
+                        help="print the sweep's progress from its artifact store and results, and exit (works "
+                             "while the sweep runs elsewhere)")
+    parser.add_argument("--verbose", action="store_true", help="Tune's own trial tables and worker logs too")
     parser.add_argument("--no-figure", action="store_true", help="skip the PNG figure")
     parser.add_argument("--no-report", action="store_true", help="skip the Markdown report and its figures")
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec)
+        plan = build_plan(spec)
+        from .packing import check_packing, detect_gpu_memory  # a GPU fraction must fit its stage
+
+        check_packing(spec, plan, detect_gpu_memory())
     except SpecError as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         return 2
     store = ArtifactStore(spec.artifact_root())
-    try:
-        plan = build_plan(spec)
-    except SpecError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        return 2
-    print_plan(spec, plan, store)
+    root = results.results_dir(spec.output_dir)
+    if args.status:
+        from .progress import status_view
+
+        tally = status_view(plan, store, root)
+        console.print(tally.table(f"sweep '{spec.name}': status from {store.root}"))
+        console.print(tally.line(), highlight=False, soft_wrap=True)
+        return 0
+    complete = store.list_complete()  # one listing per launch; the scheduler tracks completions from here on
+    print_plan(spec, plan, complete)
     if args.dry_run:
         return 0
 
     import ray
 
     started = time.time()
-    errors: dict[str, str] = {}
-    root = results.results_dir(spec.output_dir)
     save_spec_copy(args.spec, spec)
     started_ray = not ray.is_initialized()  # reuse a Ray the caller already started (notebooks, tests)
     if started_ray and args.address:
-        ray.init(address=args.address, log_to_driver=True)
+        ray.init(address=args.address, log_to_driver=args.verbose)
     elif started_ray:
-        ray.init(include_dashboard=False, logging_level="WARNING")
+        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=args.verbose)
     try:
-        for index, wave in enumerate(plan.waves()):
-            blocked = [n for n in wave if any(u.key in errors or not store.is_complete(u.stage, u.key)
-                                              for u in n.upstream)]
-            for node in blocked:
-                errors[node.key] = "skipped: an upstream node failed"
-            # a node that is not complete re-runs; one interrupted mid-training resumes from its checkpoint
-            todo = [n for n in wave if n not in blocked and not store.is_complete(n.stage, n.key)]
-            if todo:
-                console.print(f"wave {index}: running {len(todo)} node(s) "
-                              f"({', '.join(sorted({n.stage for n in todo}))})")
-                errors.update(run_wave(spec, todo, store, index, root))
+        # a node that is not complete runs; one interrupted mid-training resumes from its checkpoint
+        errors, publish_failures, finished = run_plan(spec, plan, store, root, complete, verbose=args.verbose)
     except SpecError as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         return 2
@@ -216,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         if started_ray:
             ray.shutdown()
 
-    collect(plan, store, root, errors)
+    for failure in publish_failures:
+        console.print(f"[yellow]publishing rows failed (retried below):[/] {failure}", highlight=False)
+    collect(plan, store, root, errors, complete | finished)  # no second listing of the store
     frame = results.load(root, sweep=spec.name)
     console.print(summarize(frame))
     out_dir = os.path.abspath(spec.output_dir)
@@ -229,8 +357,12 @@ def main(argv: list[str] | None = None) -> int:
         report = build_report(root, sweep=spec.name, masks="://" not in spec.artifact_root())
         console.print(f"report: {report.path} ({len(report.figures)} figures)")
     console.print(f"results: {root}  ({len(frame)} rows, {time.time() - started:.0f} s)")
+    skipped = {k: m for k, m in errors.items() if m.startswith("skipped")}
     for key, message in errors.items():
-        console.print(f"[red]failed node {key}:[/] {message}", highlight=False)
+        if key not in skipped:
+            console.print(f"[red]failed node {key}:[/] {message}", highlight=False)
+    if skipped:
+        console.print(f"[red]{len(skipped)} node(s) skipped[/] because an upstream node failed", highlight=False)
     return 1 if errors else 0
 
 

@@ -1,8 +1,20 @@
 """Expand a sweep spec into a DAG of stage nodes; identical nodes collapse by content key.
 
-A node's key hashes the config fields it depends on, its inputs (upstream key + file) and the stage's code
-version, so one fine-tuning run per (task, backbone, loss, seed) feeds every pruning run that needs it, a bias
-model is fitted once per task, and widening a sweep adds only the new nodes.
+A node's key hashes exactly what changes its outputs: the fields its stage reads (``STAGE_FIELDS``; fields a
+stage ignores never enter its config), its inputs (upstream key + file) and the stage's code version
+(``STAGE_VERSION``). So one fine-tuning run per (task, backbone, loss, seed) feeds every pruning run that needs
+it, a bias model is fitted once per task, and widening a sweep (a seed, a sparsity, a loss, a timing fraction,
+a backbone) adds only the new nodes:
+
+- teacher probabilities (conf_reg) are their own ``teacher`` node downstream of the std fine-tune, so adding
+  conf_reg never re-keys the fine-tune;
+- every std fine-tune saves its weights on a fixed fraction grid (``FT_CHECKPOINT_FRACTIONS``: 10%, 20%, ...,
+  90% of its steps) whether or not the sweep has the timing paradigm; timing fractions must lie on that grid,
+  so adding one never re-keys the fine-tune;
+- fields the planner sets itself (``<stage>.seed``, ``<stage>.select_from``, ``mask.sparsity``, ``device``) are
+  rejected in the spec instead of being silently replaced.
+
+Paradigms are a registry (``PARADIGMS``): one small function per paradigm adds its nodes.
 """
 from __future__ import annotations
 
@@ -10,6 +22,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 from srnet_core.stages import STAGE_VERSION
 
@@ -17,7 +30,25 @@ from .spec import SpecError, SweepSpec
 
 # Fields that do not change a stage's result, so they stay out of its key.
 _NOT_IN_KEY = {"device", "data_dir"}
+# Training settings that change speed, not results (torch.compile is checked equal to eager in the tests).
+_TRAIN_NOT_IN_KEY = {"compile"}
 BIAS_LOSSES = {"poe", "reweight", "conf_reg"}
+# The std fine-tune's saved checkpoints: timing fractions must be among them (see the module docstring).
+FT_CHECKPOINT_FRACTIONS = tuple(round(0.1 * k, 1) for k in range(1, 10))
+_COMMON = ("stage", "task", "task_options", "data_dir", "backbone", "max_length", "device")
+# The StageConfig fields each stage reads; everything else is kept out of its config (and so of its key).
+STAGE_FIELDS = {
+    "bias_model": ("stage", "task", "task_options", "data_dir"),
+    "finetune": _COMMON + ("seed", "loss", "train", "save_fractions"),
+    "teacher": _COMMON + ("train",),
+    "mask_train": _COMMON + ("seed", "loss", "sparsity", "train", "mask", "mask_classifier", "gradual"),
+    "imp": _COMMON + ("seed", "loss", "train", "imp"),
+    "gmp": _COMMON + ("seed", "loss", "sparsity", "train", "mask", "gradual"),
+    "structured": _COMMON + ("seed", "loss", "sparsity", "train", "structured"),
+    "retrain": _COMMON + ("seed", "loss", "train"),
+}
+# Spec fields the planner sets itself: giving them is a mistake, reported instead of silently overwritten.
+_PLANNER_TRAIN_FIELDS = {"seed": "grid.seeds", "select_from": "the paradigm (0.7 when pruning a fine-tuned model)"}
 
 
 @dataclass
@@ -35,18 +66,33 @@ class Node:
     key: str = ""
 
     def __post_init__(self):
-        payload = {
-            "stage": self.stage,
-            "version": STAGE_VERSION[self.stage],
-            "config": {k: v for k, v in self.stage_config.items() if k not in _NOT_IN_KEY},
-            "inputs": {name: [i.node.key, i.filename] for name, i in sorted(self.inputs.items())},
-        }
-        blob = json.dumps(payload, sort_keys=True, default=str).encode()
-        self.key = hashlib.sha256(blob).hexdigest()[:16]
+        allowed = STAGE_FIELDS.get(self.stage)
+        if allowed is not None:
+            extra = set(self.stage_config) - set(allowed)
+            if extra:  # a planner bug, not a user mistake: such a field would re-key the node for no effect
+                raise ValueError(f"stage '{self.stage}' does not read {sorted(extra)}")
+        self.key = node_key(self.stage, self.stage_config, self.inputs)
 
     @property
     def upstream(self) -> list["Node"]:
         return [i.node for i in self.inputs.values()]
+
+
+def _keyed(field: str, value):
+    if field == "train" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in _TRAIN_NOT_IN_KEY}
+    return value
+
+
+def node_key(stage: str, stage_config: dict, inputs: dict[str, Input], version: str | None = None) -> str:
+    payload = {
+        "stage": stage,
+        "version": STAGE_VERSION[stage] if version is None else version,
+        "config": {k: _keyed(k, v) for k, v in stage_config.items() if k not in _NOT_IN_KEY},
+        "inputs": {name: [i.node.key, i.filename] for name, i in sorted(inputs.items())},
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 @dataclass
@@ -84,6 +130,31 @@ class Plan:
 
 
 # ---------------------------------------------------------------------------------------------------------
+def check_planner_fields(spec: SweepSpec) -> None:
+    """Reject spec fields the planner overrides (one line naming the field and the fix)."""
+    from srnet_core.train import TrainConfig
+
+    defaults = TrainConfig()
+    for stage in ("finetune", "mask_train", "imp", "gmp", "retrain"):
+        section = getattr(spec, stage)
+        for name, source in _PLANNER_TRAIN_FIELDS.items():
+            if getattr(section, name) != getattr(defaults, name):
+                raise SpecError(f"field '{stage}.{name}': set by the planner from {source}; remove it")
+        for task, overrides in spec.task_overrides.items():
+            for name, source in _PLANNER_TRAIN_FIELDS.items():
+                if name in getattr(overrides, stage):
+                    raise SpecError(f"field 'task_overrides.{task}.{stage}.{name}': set by the planner from "
+                                    f"{source}; remove it")
+    from srnet_core.masks import MaskConfig
+
+    if spec.mask.sparsity != MaskConfig().sparsity:
+        raise SpecError("field 'mask.sparsity': set by the planner from grid.sparsities (and the paradigms' "
+                        "options); remove it")
+    if spec.device != "auto":
+        raise SpecError(f"field 'device': set per node from resources (gpus_per_trial / resources.stages); "
+                        f"remove 'device: {spec.device}'")
+
+
 class _Builder:
     def __init__(self, spec: SweepSpec):
         self.spec = spec
@@ -99,18 +170,22 @@ class _Builder:
 
     def base_config(self, stage: str, task: str, backbone: str, seed: int, loss: str, sparsity: float,
                     task_options: dict | None = None, train_stage: str | None = None) -> dict:
+        """The fields of a stage's config that it reads (STAGE_FIELDS), from the spec."""
         spec = self.spec
         cfg = {
             "stage": stage, "task": task,
             "task_options": dict(task_options if task_options is not None else spec.task_options.get(task, {})),
             "data_dir": spec.resolved_data_dir(), "backbone": backbone, "seed": seed, "loss": loss,
             "sparsity": sparsity, "max_length": spec.max_length, "device": spec.device,
+            "train": spec.train_config(train_stage or stage, task, seed),
+            # the stage sets the mask's sparsity from its own `sparsity`: keep the spec's out of the key
+            "mask": {k: v for k, v in asdict(spec.mask).items() if k != "sparsity"},
         }
-        if stage != "bias_model":
-            cfg["train"] = spec.train_config(train_stage or stage, task, seed)
-        if stage in ("mask_train", "imp", "gmp", "structured", "retrain"):
-            cfg["mask"] = asdict(spec.mask)
-        return cfg
+        return {k: v for k, v in cfg.items() if k in STAGE_FIELDS[stage]}
+
+    def columns(self, task, backbone, seed, paradigm, loss, sparsity, **extra) -> dict:
+        return {"sweep": self.spec.name, "task": task, "backbone": backbone, "seed": seed, "paradigm": paradigm,
+                "loss": loss, "target_sparsity": sparsity, **extra}
 
     # -- shared upstream nodes ------------------------------------------------------------------------
     def bias(self, task: str, task_options: dict | None = None) -> Node:
@@ -119,9 +194,15 @@ class _Builder:
                                     else self.spec.task_options.get(task, {}))}
         return self.add(Node("bias_model", cfg, columns=self.columns(task, "", -1, "bias_model", "", 0.0)))
 
-    def columns(self, task, backbone, seed, paradigm, loss, sparsity, **extra) -> dict:
-        return {"sweep": self.spec.name, "task": task, "backbone": backbone, "seed": seed, "paradigm": paradigm,
-                "loss": loss, "target_sparsity": sparsity, **extra}
+    def teacher(self, ft: Node) -> Node:
+        """conf_reg's teacher: class probabilities of a std fine-tuned model over the training set."""
+        c = ft.stage_config
+        cfg = {k: c[k] for k in ("stage", "task", "task_options", "data_dir", "backbone", "max_length", "device")}
+        cfg["stage"] = "teacher"
+        cfg["train"] = {"eval_batch_size": c["train"]["eval_batch_size"], "amp": c["train"]["amp"]}
+        return self.add(Node("teacher", cfg, {"init_weights": Input(ft, "weights.safetensors")},
+                             columns=self.columns(c["task"], c["backbone"], c["seed"], "full", "std", 0.0,
+                                                  method="teacher", finetune_loss="std")))
 
     def loss_inputs(self, task: str, loss: str, teacher_from: Node | None, task_options: dict | None = None
                     ) -> dict[str, Input]:
@@ -131,17 +212,43 @@ class _Builder:
         if loss == "conf_reg":
             if teacher_from is None:
                 raise SpecError("conf_reg needs a std fine-tuned model of the same task and seed as its teacher")
-            inputs["teacher_file"] = Input(teacher_from, "teacher.parquet")
+            inputs["teacher_file"] = Input(self.teacher(teacher_from), "teacher.parquet")
         return inputs
 
-    def finetune(self, task: str, backbone: str, seed: int, loss: str, *, save_steps=(), save_teacher=False,
-                 task_options: dict | None = None, paradigm: str = "full") -> Node:
+    def finetune(self, task: str, backbone: str, seed: int, loss: str, *, task_options: dict | None = None,
+                 paradigm: str = "full") -> Node:
         cfg = self.base_config("finetune", task, backbone, seed, loss, 0.0, task_options)
-        cfg["save_steps"] = sorted(set(save_steps))
-        cfg["save_teacher"] = bool(save_teacher)
+        if loss == "std":  # timing starts from these; always saved, so adding timing never re-keys the fine-tune
+            cfg["save_fractions"] = list(FT_CHECKPOINT_FRACTIONS)
         inputs = self.loss_inputs(task, loss, None, task_options)
         return self.add(Node("finetune", cfg, inputs,
                              columns=self.columns(task, backbone, seed, paradigm, loss, 0.0, finetune_loss=loss)))
+
+    def mask_train(self, cell: "Cell", init: Node | None, loss: str, sparsity: float, paradigm: str, *,
+                   task_options=None, gradual: dict | None = None, init_file: str = "weights.safetensors",
+                   extra_cols=None) -> Node:
+        task, backbone, seed = cell.task, cell.backbone, cell.seed
+        cfg = self.base_config("mask_train", task, backbone, seed, loss, sparsity, task_options)
+        # Pruning a fine-tuned model: only evals from 70% of training on may be selected (protocol 2).
+        cfg["train"]["select_from"] = 0.7 if init is not None else 0.0
+        cfg["mask_classifier"] = True
+        if gradual:
+            cfg["gradual"] = gradual
+            cfg["mask"]["init"] = "magnitude_soft"
+        inputs = self.loss_inputs(task, loss, cell.ft_std, task_options)
+        if init is not None:
+            inputs["init_weights"] = Input(init, init_file)
+        return self.add(Node("mask_train", cfg, inputs, columns=self.columns(
+            task, backbone, seed, paradigm, loss, sparsity, method="mask_train", **(extra_cols or {}))))
+
+    def retrain(self, cell: "Cell", source: Node, mask_file: str, loss: str, sparsity: float, paradigm: str, *,
+                retrain_task=None, extra_cols=None) -> Node:
+        t = retrain_task or cell.task
+        cfg = self.base_config("retrain", t, cell.backbone, cell.seed, loss, sparsity)
+        inputs = self.loss_inputs(t, loss, None)
+        inputs["mask_file"] = Input(source, mask_file)
+        return self.add(Node("retrain", cfg, inputs, columns=self.columns(
+            t, cell.backbone, cell.seed, paradigm, loss, sparsity, method="retrain", **(extra_cols or {}))))
 
     def total_steps(self, node_cfg: dict) -> int:
         from srnet_core.train import TrainConfig
@@ -149,134 +256,153 @@ class _Builder:
         return TrainConfig(**node_cfg["train"]).total_steps(train_size(node_cfg["task"], node_cfg["task_options"]))
 
 
-def build_plan(spec: SweepSpec) -> Plan:
-    b = _Builder(spec)
-    g, po = spec.grid, spec.paradigm_options
-    timing_steps = sorted(set(po.timing.steps)) if po.timing and "timing" in g.paradigms else []
-    used_losses = set(g.losses) | set(po.c.losses or []) | {po.gradual.loss} | ({po.timing.loss} if po.timing else set())
-    wants_teacher = "conf_reg" in used_losses
+@dataclass
+class Cell:
+    """One (task, backbone, seed) of the grid and its shared std fine-tune."""
+    task: str
+    backbone: str
+    seed: int
+    ft_std: Node
 
+
+# -- paradigms: one function each; PARADIGMS maps the spec's name to it ---------------------------------------
+PARADIGMS: dict[str, Callable] = {}
+SWEEP_PARADIGMS: dict[str, Callable] = {}  # paradigms that span tasks (run once per sweep, after the cells)
+
+
+def paradigm(name: str, per_sweep: bool = False):
+    def register(fn):
+        (SWEEP_PARADIGMS if per_sweep else PARADIGMS)[name] = fn
+        return fn
+    return register
+
+
+def build_plan(spec: SweepSpec) -> Plan:
+    check_planner_fields(spec)
+    b = _Builder(spec)
+    g = spec.grid
     for task in g.tasks:
         for backbone in g.backbones:
             for seed in g.seeds:
-                _task_nodes(b, spec, task, backbone, seed, timing_steps, wants_teacher)
-    if "transfer" in g.paradigms:
-        _transfer_nodes(b, spec)
+                ft_std = b.finetune(task, backbone, seed, "std")
+                b.ft_std[(task, backbone, seed)] = ft_std
+                cell = Cell(task, backbone, seed, ft_std)
+                for name in g.paradigms:
+                    if name in PARADIGMS:
+                        PARADIGMS[name](b, cell)
+    for name in g.paradigms:
+        if name in SWEEP_PARADIGMS:
+            SWEEP_PARADIGMS[name](b)
     return Plan(b.nodes)
 
 
-def _task_nodes(b: _Builder, spec: SweepSpec, task: str, backbone: str, seed: int, timing_steps, wants_teacher):
-    g, po = spec.grid, spec.paradigm_options
-    col = b.columns
-    ft_std = b.finetune(task, backbone, seed, "std", save_steps=timing_steps, save_teacher=wants_teacher)
-    b.ft_std[(task, backbone, seed)] = ft_std
+@paradigm("a")
+def _paradigm_a(b: _Builder, cell: Cell) -> None:
+    """(a) prune a fine-tuned model: mask training / IMP / GMP / structured from each fine-tuning loss."""
+    spec, g = b.spec, b.spec.grid
+    task, backbone, seed = cell.task, cell.backbone, cell.seed
+    for l1 in spec.paradigm_options.a.finetune_losses:
+        ft = cell.ft_std if l1 == "std" else b.finetune(task, backbone, seed, l1)
+        l2s = g.losses if l1 == "std" else ["poe"]
+        for l2 in l2s:
+            extra = {"finetune_loss": l1}
+            for method in g.methods:
+                if method == "mask_train":
+                    for s in g.sparsities:
+                        b.mask_train(cell, ft, l2, s, "a", extra_cols={**extra})
+                elif method == "imp":
+                    _imp_node(b, spec, task, backbone, seed, l2, ft, "a", cell.ft_std, extra)
+                else:  # gmp, structured: one node per sparsity, from the fine-tuned weights
+                    for s in g.sparsities:
+                        cfg = b.base_config(method, task, backbone, seed, l2, s,
+                                            train_stage="gmp" if method == "gmp" else "mask_train")
+                        if method == "structured":
+                            cfg["structured"] = spec.structured_options.model_dump()
+                        else:
+                            cfg["gradual"] = spec.gmp_options.model_dump()
+                        inputs = {**b.loss_inputs(task, l2, cell.ft_std),
+                                  "init_weights": Input(ft, "weights.safetensors")}
+                        b.add(Node(method, cfg, inputs, columns=b.columns(task, backbone, seed, "a", l2, s,
+                                                                          method=method, **extra)))
 
-    def mask_train(init: Node | None, loss: str, sparsity: float, paradigm: str, *, task_options=None,
-                   gradual: dict | None = None, init_file: str = "weights.safetensors", extra_cols=None) -> Node:
-        cfg = b.base_config("mask_train", task, backbone, seed, loss, sparsity, task_options)
-        # Pruning a fine-tuned model: only evals from 70% of training on may be selected (protocol 2).
-        cfg["train"]["select_from"] = 0.7 if init is not None else 0.0
-        cfg["mask_classifier"] = True
-        if gradual:
-            cfg["gradual"] = gradual
-            cfg["mask"]["init"] = "magnitude_soft"
-        inputs = b.loss_inputs(task, loss, ft_std, task_options)
-        if init is not None:
-            inputs["init_weights"] = Input(init, init_file)
-        return b.add(Node("mask_train", cfg, inputs, columns=col(task, backbone, seed, paradigm, loss, sparsity,
-                                                                 method="mask_train", **(extra_cols or {}))))
 
-    def retrain(source: Node, mask_file: str, loss: str, sparsity: float, paradigm: str, *, retrain_task=None,
-                extra_cols=None) -> Node:
-        t = retrain_task or task
-        cfg = b.base_config("retrain", t, backbone, seed, loss, sparsity)
-        inputs = b.loss_inputs(t, loss, None)
-        inputs["mask_file"] = Input(source, mask_file)
-        return b.add(Node("retrain", cfg, inputs, columns=col(t, backbone, seed, paradigm, loss, sparsity,
-                                                              method="retrain", **(extra_cols or {}))))
-
-    # (a) prune a fine-tuned model
-    if "a" in g.paradigms:
-        for l1 in po.a.finetune_losses:
-            ft = ft_std if l1 == "std" else b.finetune(task, backbone, seed, l1)
-            l2s = g.losses if l1 == "std" else ["poe"]
-            for l2 in l2s:
-                extra = {"finetune_loss": l1}
-                for method in g.methods:
-                    if method == "mask_train":
-                        for s in g.sparsities:
-                            mask_train(ft, l2, s, "a", extra_cols={**extra})
-                    elif method == "imp":
-                        _imp_node(b, spec, task, backbone, seed, l2, ft, "a", ft_std, extra)
-                    else:  # gmp, structured: one node per sparsity, from the fine-tuned weights
-                        for s in g.sparsities:
-                            cfg = b.base_config(method, task, backbone, seed, l2, s,
-                                                train_stage="gmp" if method == "gmp" else "mask_train")
-                            if method == "structured":
-                                cfg["structured"] = spec.structured_options.model_dump()
-                            else:
-                                cfg["gradual"] = spec.gmp_options.model_dump()
-                            inputs = {**b.loss_inputs(task, l2, ft_std), "init_weights": Input(ft, "weights.safetensors")}
-                            b.add(Node(method, cfg, inputs, columns=col(task, backbone, seed, "a", l2, s,
-                                                                         method=method, **extra)))
-
-    # (b) prune, then re-train the subnetwork in isolation from the pre-trained weights
-    if "b" in g.paradigms:
-        for source in po.b.mask_sources:
+@paradigm("b")
+def _paradigm_b(b: _Builder, cell: Cell) -> None:
+    """(b) prune, then re-train the subnetwork in isolation from the pre-trained weights."""
+    spec = b.spec
+    po = spec.paradigm_options.b
+    for source in po.mask_sources:
+        if source == "imp_rw":
+            imp = _imp_node(b, spec, cell.task, cell.backbone, cell.seed, "poe", None, "b", cell.ft_std, {},
+                            rewind="pretrained")
+        for s in spec.grid.sparsities:
             if source == "imp_rw":
-                imp = _imp_node(b, spec, task, backbone, seed, "poe", None, "b", ft_std, {}, rewind="pretrained")
-            for s in g.sparsities:
-                if source == "imp_rw":
-                    src, mask_file = imp, imp_mask_file(s)
-                    _check_imp_level(spec, s)
-                else:
-                    src, mask_file = mask_train(ft_std, "poe", s, "a", extra_cols={"finetune_loss": "std"}), \
-                        "masks.safetensors"
-                for l1 in po.b.losses:
-                    retrain(src, mask_file, l1, s, "b", extra_cols={"mask_source": source})
+                src, mask_file = imp, imp_mask_file(s)
+                _check_imp_level(spec, s)
+            else:
+                src, mask_file = b.mask_train(cell, cell.ft_std, "poe", s, "a", extra_cols={"finetune_loss": "std"}), \
+                    "masks.safetensors"
+            for l1 in po.losses:
+                b.retrain(cell, src, mask_file, l1, s, "b", extra_cols={"mask_source": source})
 
-    # (c) mask training on the pre-trained model, no weight fine-tuning
-    if "c" in g.paradigms:
-        for loss in po.c.losses or g.losses:
-            for s in g.sparsities:
-                mask_train(None, loss, s, "c")
 
-    # OOD upper bound: OOD training data added to mask training, CE loss, still selected on ID dev
-    if "ood_upper_bound" in g.paradigms:
-        ood_options = {**spec.task_options.get(task, {}), "add_ood_train": True}
-        for paradigm in po.ood_upper_bound.paradigms:
-            for s in g.sparsities:
-                if paradigm == "c":
-                    mask_train(None, "std", s, "ood_upper_bound", task_options=ood_options,
-                               extra_cols={"base_paradigm": "c"})
-                    continue
-                node = mask_train(ft_std, "std", s, "ood_upper_bound", task_options=ood_options,
-                                  extra_cols={"base_paradigm": "a"})
-                if paradigm == "b":
-                    retrain(node, "masks.safetensors", "std", s, "ood_upper_bound",
-                            extra_cols={"base_paradigm": "b"})
+@paradigm("c")
+def _paradigm_c(b: _Builder, cell: Cell) -> None:
+    """(c) mask training on the pre-trained model, no weight fine-tuning."""
+    for loss in b.spec.paradigm_options.c.losses or b.spec.grid.losses:
+        for s in b.spec.grid.sparsities:
+            b.mask_train(cell, None, loss, s, "c")
 
-    # Timing: mask training from fine-tuning checkpoints at the given steps, and from the end
-    if "timing" in g.paradigms:
-        t = po.timing
-        total = b.total_steps(ft_std.stage_config)
-        for step in timing_steps:
-            if step >= total:
-                raise SpecError(
-                    f"paradigm_options.timing.steps: step {step} is not saved by the fine-tuning of {task}/{backbone}"
-                    f", which runs {total} steps in all; use steps below {total}")
-        for step in timing_steps + [total]:
-            init_file = f"weights_step{step}.safetensors" if step < total else "weights.safetensors"
-            mask_train(ft_std, t.loss, t.sparsity, "timing", init_file=init_file,
-                       extra_cols={"start_step": step, "finetune_loss": "std"})
 
-    # Gradual: cubic schedule s_initial -> s_final during mask training of the std fine-tuned model
-    if "gradual" in g.paradigms:
-        gr = po.gradual
-        schedule = {"initial": gr.s_initial, "start": gr.start, "end": gr.end, "unit": gr.unit,
-                    "frequency": gr.frequency}
-        mask_train(ft_std, gr.loss, gr.s_final, "gradual", gradual=schedule,
-                   extra_cols={"finetune_loss": "std", "s_initial": gr.s_initial})
+@paradigm("ood_upper_bound")
+def _paradigm_ood(b: _Builder, cell: Cell) -> None:
+    """OOD upper bound: OOD training data added to mask training, CE loss, still selected on ID dev."""
+    spec = b.spec
+    ood_options = {**spec.task_options.get(cell.task, {}), "add_ood_train": True}
+    for base in spec.paradigm_options.ood_upper_bound.paradigms:
+        for s in spec.grid.sparsities:
+            if base == "c":
+                b.mask_train(cell, None, "std", s, "ood_upper_bound", task_options=ood_options,
+                             extra_cols={"base_paradigm": "c"})
+                continue
+            node = b.mask_train(cell, cell.ft_std, "std", s, "ood_upper_bound", task_options=ood_options,
+                                extra_cols={"base_paradigm": "a"})
+            if base == "b":
+                b.retrain(cell, node, "masks.safetensors", "std", s, "ood_upper_bound",
+                          extra_cols={"base_paradigm": "b"})
+
+
+def timing_file(fraction: float) -> str:
+    return f"weights_f{fraction:.1f}.safetensors"
+
+
+@paradigm("timing")
+def _paradigm_timing(b: _Builder, cell: Cell) -> None:
+    """Timing: mask training from the std fine-tune's checkpoints at the given fractions, and from the end."""
+    t = b.spec.paradigm_options.timing
+    total = b.total_steps(cell.ft_std.stage_config)
+    for f in sorted(set(t.fractions)):
+        if not any(abs(f - g) < 1e-9 for g in FT_CHECKPOINT_FRACTIONS):
+            raise SpecError(f"paradigm_options.timing.fractions: {f} is not a saved fine-tuning checkpoint; use "
+                            f"fractions among {list(FT_CHECKPOINT_FRACTIONS)}")
+        b.mask_train(cell, cell.ft_std, t.loss, t.sparsity, "timing", init_file=timing_file(f),
+                     extra_cols={"start_step": checkpoint_step(f, total), "finetune_loss": "std"})
+    b.mask_train(cell, cell.ft_std, t.loss, t.sparsity, "timing",
+                 extra_cols={"start_step": total, "finetune_loss": "std"})
+
+
+def checkpoint_step(fraction: float, total: int) -> int:
+    """The step a fraction-grid checkpoint is saved at (srnet_core.stages.finetune uses the same rule)."""
+    return max(1, int(round(fraction * total)))
+
+
+@paradigm("gradual")
+def _paradigm_gradual(b: _Builder, cell: Cell) -> None:
+    """Gradual: cubic schedule s_initial -> s_final during mask training of the std fine-tuned model."""
+    gr = b.spec.paradigm_options.gradual
+    schedule = {"initial": gr.s_initial, "start": gr.start, "end": gr.end, "unit": gr.unit, "frequency": gr.frequency}
+    b.mask_train(cell, cell.ft_std, gr.loss, gr.s_final, "gradual", gradual=schedule,
+                 extra_cols={"finetune_loss": "std", "s_initial": gr.s_initial})
 
 
 def imp_mask_file(sparsity: float) -> str:
@@ -298,7 +424,7 @@ def _check_imp_level(spec: SweepSpec, s: float) -> None:
 
 def _imp_node(b: _Builder, spec: SweepSpec, task, backbone, seed, loss, init: Node | None, paradigm, ft_std,
               extra, rewind: str = "none") -> Node:
-    cfg = b.base_config("imp", task, backbone, seed, loss, max(imp_levels(spec)))
+    cfg = b.base_config("imp", task, backbone, seed, loss, max(imp_levels(spec)))  # IMP runs its own levels
     cfg["imp"] = {**spec.imp_options.model_dump(), "rewind": rewind}
     inputs = b.loss_inputs(task, loss, ft_std)
     if init is not None:
@@ -308,28 +434,23 @@ def _imp_node(b: _Builder, spec: SweepSpec, task, backbone, seed, loss, init: No
                                                             method=method, **extra)))
 
 
-def _transfer_nodes(b: _Builder, spec: SweepSpec) -> None:
+@paradigm("transfer", per_sweep=True)
+def _paradigm_transfer(b: _Builder) -> None:
     """Sparse*BERT: a mask found on a source task (mask training of its std fine-tuned model) is re-trained from
     the pre-trained weights on each target task, with the mask fixed."""
+    spec = b.spec
     tr = spec.paradigm_options.transfer
     for source in tr.source_tasks:
         for backbone in spec.grid.backbones:
             for seed in spec.grid.seeds:
                 ft = b.ft_std.get((source, backbone, seed)) or b.finetune(source, backbone, seed, "std")
+                cell = Cell(source, backbone, seed, ft)
                 for s in spec.grid.sparsities:
-                    cfg = b.base_config("mask_train", source, backbone, seed, "std", s)
-                    cfg["train"]["select_from"] = 0.7
-                    cfg["mask_classifier"] = True
-                    src = b.add(Node("mask_train", cfg, {"init_weights": Input(ft, "weights.safetensors")},
-                                     columns=b.columns(source, backbone, seed, "a", "std", s, method="mask_train",
-                                                       finetune_loss="std")))
+                    src = b.mask_train(cell, ft, "std", s, "a", extra_cols={"finetune_loss": "std"})
                     for target in tr.target_tasks:
-                        if target == source:
-                            continue
-                        rcfg = b.base_config("retrain", target, backbone, seed, "std", s)
-                        b.add(Node("retrain", rcfg, {"mask_file": Input(src, "masks.safetensors")},
-                                   columns=b.columns(target, backbone, seed, "transfer", "std", s, method="retrain",
-                                                     source_task=source)))
+                        if target != source:
+                            b.retrain(cell, src, "masks.safetensors", "std", s, "transfer", retrain_task=target,
+                                      extra_cols={"source_task": source})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -370,21 +491,28 @@ THROUGHPUT = {"tiny-bert": (200.0, 50_000.0), "minilm": (40.0, 12_000.0), "bert-
               "roberta-base": (12.0, 3_500.0), "bert-large-uncased": (4.0, 1_200.0)}
 
 
-def estimate_gpu_hours(plan: Plan) -> dict[str, float]:
+def node_seconds(node: Node) -> float:
+    """Planning estimate of one node's run time on one GPU (THROUGHPUT; bias models: CPU, about
+    2 s per 10k training examples). The scheduler orders ready nodes by it and the progress view's ETA uses it."""
     from srnet_core.train import TrainConfig
 
+    cfg = node.stage_config
+    if node.stage == "bias_model":
+        return 10.0 + train_size(cfg["task"], cfg["task_options"]) / 5_000
+    steps_per_s, eval_per_s = THROUGHPUT.get(cfg["backbone"], THROUGHPUT["bert-base-uncased"])
+    n_train = train_size(cfg["task"], cfg["task_options"])
+    if node.stage == "teacher":
+        return 30.0 + n_train / eval_per_s  # model load + one pass over the training set
+    train = TrainConfig(**cfg["train"])
+    steps = train.total_steps(n_train)
+    evals = math.ceil(steps / max(1, train.eval_every)) + 1
+    return 30.0 + steps / steps_per_s + evals * eval_size(cfg["task"], cfg["task_options"]) / eval_per_s
+
+
+def estimate_gpu_hours(plan: Plan) -> dict[str, float]:
+    """Estimated GPU-hours per stage (bias models run on CPU and count 0)."""
     out: dict[str, float] = {}
     for node in plan.nodes.values():
-        cfg = node.stage_config
-        if node.stage == "bias_model":
-            continue
-        steps_per_s, eval_per_s = THROUGHPUT.get(cfg["backbone"], THROUGHPUT["bert-base-uncased"])
-        train = TrainConfig(**cfg["train"])
-        n_train = train_size(cfg["task"], cfg["task_options"])
-        steps = train.total_steps(n_train)
-        evals = math.ceil(steps / max(1, train.eval_every)) + 1
-        seconds = steps / steps_per_s + evals * eval_size(cfg["task"], cfg["task_options"]) / eval_per_s
-        if cfg.get("save_teacher"):
-            seconds += n_train / eval_per_s
-        out[node.stage] = out.get(node.stage, 0.0) + seconds / 3600
+        if node.stage != "bias_model":
+            out[node.stage] = out.get(node.stage, 0.0) + node_seconds(node) / 3600
     return out

@@ -190,6 +190,24 @@ def _files(fs: pafs.FileSystem, base: str) -> list[str]:
                   and not i.base_name.startswith((".", "_")))
 
 
+def _prune_partitions(files: list[str], base: str, filters: dict) -> list[str]:
+    """Drop files whose hive directories (sweep=/task=/paradigm=) cannot match the filters, before any footer
+    is read: a report on one sweep of a large shared results dir opens only that sweep's files."""
+    wanted = {}
+    for column in PARTITIONS:
+        if column in filters:
+            value = filters[column]
+            wanted[column] = {str(v) for v in value} if isinstance(value, (list, tuple, set)) else {str(value)}
+    if not wanted:
+        return files
+    kept = []
+    for file in files:
+        parts = dict(p.split("=", 1) for p in file[len(base):].strip("/").split("/")[:-1] if "=" in p)
+        if all(parts.get(c) in values for c, values in wanted.items()):
+            kept.append(file)
+    return kept
+
+
 def load(path: str, *, columns: list[str] | None = None, filesystem: pafs.FileSystem | None = None,
          **filters) -> pd.DataFrame:
     """All rows under ``path`` (a results dir, a sweep output dir, or a URI), filtered by column equality.
@@ -203,6 +221,9 @@ def load(path: str, *, columns: list[str] | None = None, filesystem: pafs.FileSy
     files = _files(fs, base)
     if not files:
         raise FileNotFoundError(f"no results under '{path}'; run a sweep first (python -m orchestrator.launch)")
+    files = _prune_partitions(files, base, filters)
+    if not files:  # nothing matches the partition filters: an empty frame with the requested columns
+        return pd.DataFrame(columns=columns if columns is not None else [*PARTITIONS])
     partitioning = ds.partitioning(pa.schema([(c, pa.string()) for c in PARTITIONS]), flavor="hive")
     schemas = [pq.read_schema(f, filesystem=fs) for f in files]
     unified = pa.unify_schemas([s.remove_metadata() for s in schemas] + [partitioning.schema],

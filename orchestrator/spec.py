@@ -84,7 +84,9 @@ class OODUpperBound(_Strict):
 
 
 class Timing(_Strict):
-    steps: list[int] = Field(min_length=1)  # fine-tuning steps to start mask training from; the end is added
+    # Fractions of the std fine-tune's steps to start mask training from (its fixed checkpoint grid: 0.1, 0.2,
+    # ..., 0.9; orchestrator/plan.py); the end is added.
+    fractions: list[float] = Field(min_length=1)
     sparsity: float = Field(0.7, gt=0, lt=1)
     loss: LossName = "poe"
 
@@ -187,7 +189,8 @@ class Resources(_Strict):
     max_concurrent_trials: int | None = Field(None, ge=1)
     # Per stage kind, e.g. {bias_model: {gpus: 0}, mask_train: {gpus: 0.5}}: what differs from the above.
     # bias_model (scikit-learn) asks for no GPU unless given one here.
-    stages: dict[Literal["bias_model", "finetune", "mask_train", "imp", "gmp", "structured", "retrain", "evaluate"],
+    stages: dict[Literal["bias_model", "finetune", "teacher", "mask_train", "imp", "gmp", "structured", "retrain",
+                         "evaluate"],
                  StageResources] = {}
 
     @field_validator("gpus_per_trial")
@@ -242,7 +245,7 @@ class SweepSpec(_Strict):
                 if t not in TASKS:
                     raise ValueError(f"paradigm_options.transfer: unknown task '{t}'; known: {sorted(TASKS)}")
         if "timing" in self.grid.paradigms and self.paradigm_options.timing is None:
-            raise ValueError("paradigm_options.timing: grid.paradigms has 'timing' but no steps are given")
+            raise ValueError("paradigm_options.timing: grid.paradigms has 'timing' but no fractions are given")
         for section, names in (("task_options", self.task_options), ("task_overrides", self.task_overrides)):
             for task in names:
                 if task not in tasks:

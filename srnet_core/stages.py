@@ -6,7 +6,9 @@ upstream stages arrive as file paths in the config (init_weights, mask_file, bia
 
 Outputs per stage kind:
   finetune    weights.safetensors (best on ID dev), weights_step{N}.safetensors for each save_steps entry,
+              weights_f{F:.1f}.safetensors at each save_fractions entry (step max(1, round(F * total))),
               teacher.parquet (class probabilities over the training set) when save_teacher
+  teacher     teacher.parquet: class probabilities of init_weights over the training set (for conf_reg)
   mask_train  masks.safetensors (best on ID dev; the mask at its target sparsity at that time)
   retrain     weights.safetensors (the fixed mask baked in: a plain HF state dict with zeros)
   evaluate    metric rows only
@@ -31,7 +33,7 @@ from .tasks import get_task
 from .train import EvalRecord, TrainConfig, TrainLoop, predict_logits, release_memory
 
 # Bump a stage's version when a change alters its results: its nodes (and everything downstream) re-run.
-STAGE_VERSION = {"bias_model": "1", "finetune": "1", "mask_train": "1", "imp": "1", "gmp": "1", "structured": "1",
+STAGE_VERSION = {"bias_model": "1", "finetune": "1", "teacher": "1", "mask_train": "1", "imp": "1", "gmp": "1", "structured": "1",
                  "retrain": "1", "evaluate": "1"}
 
 
@@ -54,6 +56,7 @@ class StageConfig:
     mask_file: a fixed mask (retrain, evaluate). bias_file / teacher_file: per-example bias log-probs /
         teacher probabilities, joined to training examples by id.
     save_steps: fine-tuning steps whose weights are saved for the timing paradigm.
+    save_fractions: fractions of the fine-tuning's steps whose weights are saved (the planner's fixed grid).
     save_teacher: after fine-tuning, save its class probabilities over the training set (for conf_reg).
     gradual / imp / structured: options of those pruning schedules (None: not used).
     """
@@ -75,6 +78,7 @@ class StageConfig:
     bias_file: str | None = None
     teacher_file: str | None = None
     save_steps: list[int] = field(default_factory=list)
+    save_fractions: list[float] = field(default_factory=list)
     save_teacher: bool = False
     gradual: dict | None = None
     imp: dict | None = None
@@ -209,14 +213,17 @@ def _summary(ctx: Context, out_dir: str, loop: TrainLoop | None, **extra) -> Non
 def finetune(ctx: Context, out_dir: str, report: Report | None, resume_state: dict | None) -> list[dict]:
     """Train all weights (dense); keep the best-on-ID-dev weights; optional step checkpoints and teacher."""
     params = {n: p for n, p in ctx.model.named_parameters() if p.requires_grad}
-    save_steps = set(ctx.cfg.save_steps)
+    files: dict[int, list[str]] = {step: [f"weights_step{step}.safetensors"] for step in ctx.cfg.save_steps}
 
     def after_step(step: int) -> None:
-        if step in save_steps and not os.path.exists(os.path.join(out_dir, f"weights_step{step}.safetensors")):
-            _save_state_dict(os.path.join(out_dir, f"weights_step{step}.safetensors"), ctx.model)
+        for name in files.get(step, ()):  # a short run can put several fractions on one step
+            if not os.path.exists(os.path.join(out_dir, name)):
+                _save_state_dict(os.path.join(out_dir, name), ctx.model)
 
     os.makedirs(out_dir, exist_ok=True)
     loop = _loop(ctx, params, snapshot=lambda: params, after_step=after_step, current_sparsity=lambda: 0.0)
+    for fraction in ctx.cfg.save_fractions:  # the same rule as orchestrator.plan.checkpoint_step
+        files.setdefault(max(1, int(round(fraction * loop.total_steps))), []).append(f"weights_f{fraction:.1f}.safetensors")
     _run(loop, report, resume_state)
     with torch.no_grad():  # the selected weights
         for name, value in loop.best.items():
@@ -235,6 +242,7 @@ def write_teacher(path: str, ctx: Context) -> None:
     logits = predict_logits(ctx.model, ctx.train_enc, ctx.cfg.train.eval_batch_size, ctx.device, ctx.cfg.train.amp)
     probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
     write_per_example(path, ctx.train_enc.ids, probs, column="probs")
+    return probs
 
 
 def mask_train(ctx: Context, out_dir: str, report: Report | None, resume_state: dict | None) -> list[dict]:
@@ -427,7 +435,20 @@ def bias_model(cfg: StageConfig, out_dir: str) -> list[dict]:
     return rows_from_history([EvalRecord(0, 0.0, evals, 0.0)], 0, task)
 
 
-STAGES: dict[str, Callable] = {"finetune": finetune, "mask_train": mask_train, "imp": imp_stage, "gmp": gmp_stage,
+def teacher(ctx: Context, out_dir: str, report: Report | None, resume_state: dict | None) -> list[dict]:
+    """conf_reg's teacher as its own node: the probabilities of the fine-tuned weights (init_weights) over the
+    training set, and their accuracy there (one row, not selected: it is no curve point)."""
+    if not ctx.cfg.init_weights:
+        raise ValueError("the teacher stage needs init_weights (a fine-tuned model)")
+    os.makedirs(out_dir, exist_ok=True)
+    probs = write_teacher(os.path.join(out_dir, "teacher.parquet"), ctx)
+    accuracy = float((probs.argmax(-1) == ctx.train_enc.labels).mean())
+    _summary(ctx, out_dir, None, train_accuracy=accuracy)
+    return [{"step": 0, "epoch": 0.0, "eval_dataset": ctx.task.train_split, "eval_role": "train",
+             "metric": "accuracy", "value": accuracy, "selected": False, "measured_sparsity": 0.0}]
+
+
+STAGES: dict[str, Callable] = {"finetune": finetune, "teacher": teacher, "mask_train": mask_train, "imp": imp_stage, "gmp": gmp_stage,
                                "structured": structured_stage, "retrain": retrain, "evaluate": evaluate}
 
 

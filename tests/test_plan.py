@@ -58,28 +58,65 @@ def test_conf_reg_waits_for_teacher():
     plan = build_plan(spec_with(losses=["conf_reg"]))
     waves = plan.waves()
     wave_of = {n.key: i for i, w in enumerate(waves) for n in w}
+    assert len(stages(plan, "teacher")) == 2  # one per (task, backbone, seed)
     for node in stages(plan, "mask_train"):
         teacher = node.inputs["teacher_file"]
-        assert teacher.filename == "teacher.parquet"
-        assert teacher.node.stage == "finetune" and teacher.node.stage_config["save_teacher"] is True
-        assert teacher.node.stage_config["loss"] == "std"
-        assert wave_of[node.key] > wave_of[teacher.node.key]
-    # without conf_reg no teacher is computed (and the fine-tuning key is different)
-    assert all(not n.stage_config["save_teacher"] for n in stages(build_plan(spec_with()), "finetune"))
+        assert teacher.filename == "teacher.parquet" and teacher.node.stage == "teacher"
+        ft = teacher.node.inputs["init_weights"].node
+        assert ft.stage == "finetune" and ft.stage_config["loss"] == "std"
+        assert ft.stage_config["seed"] == node.stage_config["seed"]
+        assert wave_of[node.key] > wave_of[teacher.node.key] > wave_of[ft.key]
+    # the teacher is its own node: the fine-tune is the same with or without conf_reg
+    assert {n.key for n in stages(plan, "finetune")} == {n.key for n in stages(build_plan(spec_with()), "finetune")}
 
 
-def test_timing_fails_early_for_unsaved_step():
+def test_timing_fractions_on_the_checkpoint_grid():
     d = copy.deepcopy(BASE)
     d["grid"]["paradigms"] = ["timing"]
-    d["paradigm_options"] = {"timing": {"steps": [4, 50], "sparsity": 0.7, "loss": "std"}}
-    with pytest.raises(SpecError, match=r"timing.steps: step 50 is not saved .* runs 10 steps"):
+    d["paradigm_options"] = {"timing": {"fractions": [0.4, 0.45], "sparsity": 0.7, "loss": "std"}}
+    with pytest.raises(SpecError, match=r"timing.fractions: 0.45 is not a saved fine-tuning checkpoint"):
         build_plan(parse_spec(d))
-    d["paradigm_options"]["timing"]["steps"] = [4, 8]
+    d["paradigm_options"]["timing"]["fractions"] = [0.4, 0.8]
     plan = build_plan(parse_spec(d))
     ft = stages(plan, "finetune")
-    assert all(n.stage_config["save_steps"] == [4, 8] for n in ft)
-    files = sorted(n.inputs["init_weights"].filename for n in stages(plan, "mask_train") if n.stage_config["seed"] == 0)
-    assert files == ["weights.safetensors", "weights_step4.safetensors", "weights_step8.safetensors"]
+    assert all(n.stage_config["save_fractions"] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9] for n in ft)
+    timing = [n for n in stages(plan, "mask_train") if n.stage_config["seed"] == 0]
+    files = sorted(n.inputs["init_weights"].filename for n in timing)
+    assert files == ["weights.safetensors", "weights_f0.4.safetensors", "weights_f0.8.safetensors"]
+    # 320 examples / 32 = 10 steps: the checkpoints are at steps 4 and 8
+    assert sorted(n.columns["start_step"] for n in timing) == [4, 8, 10]
+
+
+def test_planner_owned_fields_are_rejected():
+    for section, value, match in (("finetune", {"seed": 3}, r"field 'finetune.seed': set by the planner"),
+                                  ("mask_train", {"select_from": 0.5}, r"field 'mask_train.select_from'")):
+        d = copy.deepcopy(BASE)
+        d[section] = value
+        with pytest.raises(SpecError, match=match):
+            build_plan(parse_spec(d))
+    d = copy.deepcopy(BASE)
+    d["task_overrides"] = {"synthetic": {"retrain": {"seed": 1}}}
+    with pytest.raises(SpecError, match=r"task_overrides.synthetic.retrain.seed"):
+        build_plan(parse_spec(d))
+    d = copy.deepcopy(BASE)
+    d["mask"] = {"sparsity": 0.3}
+    with pytest.raises(SpecError, match=r"field 'mask.sparsity': set by the planner from grid.sparsities"):
+        build_plan(parse_spec(d))
+    d = copy.deepcopy(BASE)
+    d["device"] = "cpu"
+    with pytest.raises(SpecError, match=r"field 'device': set per node from resources"):
+        build_plan(parse_spec(d))
+
+
+def test_stages_get_only_the_fields_they_read():
+    d = copy.deepcopy(BASE)
+    d["grid"].update(paradigms=["a", "b"], methods=["mask_train", "imp"], seeds=[0])
+    d["paradigm_options"] = {"b": {"mask_sources": ["mask_train"], "losses": ["std"]}}
+    plan = build_plan(parse_spec(d))
+    for node in plan.nodes.values():
+        assert ("sparsity" in node.stage_config) == (node.stage == "mask_train"), node.stage
+        assert ("mask" in node.stage_config) == (node.stage == "mask_train"), node.stage
+        assert "sparsity" not in node.stage_config.get("mask", {})  # the node's own sparsity is the one used
 
 
 def test_every_paradigm_composes():
@@ -88,7 +125,7 @@ def test_every_paradigm_composes():
                      seeds=[0], sparsities=[0.5, 0.9])
     d["paradigm_options"] = {"b": {"mask_sources": ["imp_rw", "mask_train"], "losses": ["std", "poe"]},
                              "ood_upper_bound": {"paradigms": ["a", "b", "c"]},
-                             "timing": {"steps": [5], "sparsity": 0.7, "loss": "poe"}}
+                             "timing": {"fractions": [0.5], "sparsity": 0.7, "loss": "poe"}}
     plan = build_plan(parse_spec(d))
     count = plan.count_by_stage()
     assert count["finetune"] == 1 and count["bias_model"] == 1
@@ -145,3 +182,17 @@ def test_resources_per_stage_and_no_phantom_gpu():
     d["resources"]["stages"]["mask_train"]["gpus"] = 0.3
     with pytest.raises(SpecError, match="does not divide 1"):
         parse_spec(d)
+
+
+def test_docs_list_the_paradigm_registry():
+    import re
+    import typing
+
+    from orchestrator.plan import PARADIGMS, SWEEP_PARADIGMS
+    from orchestrator.spec import Paradigm
+
+    with open("docs/spec.md") as f:
+        text = f.read()
+    section = text.split("## Paradigms and the stages they plan")[1].split("\n## ")[0]
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M))
+    assert documented == set(PARADIGMS) | set(SWEEP_PARADIGMS) == set(typing.get_args(Paradigm))

@@ -402,3 +402,18 @@ def test_selected_table_is_one_row_per_node_and_dataset(tmp_path):
         want = sel[(sel["node_key"] == row.node_key) & (sel["eval_dataset"] == row.eval_dataset)]
         assert (row.accuracy, row.f1) == (want.loc[want["metric"] == "accuracy", "value"].item(),
                                           want.loc[want["metric"] == "f1", "value"].item())
+
+
+def test_partition_filters_prune_files_before_reading(tmp_path):
+    """A filter on sweep/task/paradigm skips other partitions' files unopened (footers included): a report on
+    one sweep of a large shared results dir reads only that sweep."""
+    root = str(tmp_path / "results")
+    results.publish(root, node_rows(key="n0", seed=0))
+    other = results.publish(root, node_rows(key="n1", seed=1, sweep="s2"))
+    with open(other, "wb") as f:  # unreadable: any read of it would raise
+        f.write(b"not parquet")
+    frame = results.load(root, sweep="s1", columns=["node_key", "value"])
+    assert list(frame.columns) == ["node_key", "value"] and set(frame["node_key"]) == {"n0"} and len(frame) == 12
+    assert results.load(root, sweep="s3", columns=["node_key"]).empty
+    with pytest.raises(Exception):
+        results.load(root)  # without the filter the broken file is read

@@ -96,3 +96,59 @@ def test_corrupted_artifact_detected(tmp_path):
         f.seek(-1, 2)
         f.write(bytes([last[0] ^ 0xFF]))
     assert not store.is_complete("mask_train", node["key"], verify=True)
+
+
+@pytest.mark.slow
+def test_kill9_of_the_launch_then_relaunch(ray_env, tmp_path):
+    """kill -9 of a running launch (one Tune run, nodes mid-flight), then a relaunch: every node completes
+    once, finished nodes are not re-run, and the results hold each row exactly once."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import ray
+    import yaml
+
+    from orchestrator import launch, results
+
+    out = tmp_path / "out"
+    spec = {"name": "kill", "output_dir": str(out), "max_length": 40,
+            "grid": {"tasks": ["synthetic"], "backbones": ["tiny-bert"], "sparsities": [0.5, 0.9], "seeds": [0]},
+            "task_options": {"synthetic": {"n_train": 256, "n_dev": 64, "n_ood": 64}},
+            "finetune": {"lr": 1e-3, "epochs": 1, "batch_size": 32, "eval_every": 2},
+            "mask_train": {"lr": 1e-3, "epochs": 2, "batch_size": 32, "eval_every": 2},
+            "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 1}}
+    path = tmp_path / "kill.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.launch", str(path), "--no-figure", "--no-report"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    artifacts = out / "artifacts"
+    deadline = time.time() + 240
+    try:
+        # wait until the fine-tune is complete and a mask-training node has checkpointed mid-training
+        while time.time() < deadline and proc.poll() is None:
+            ft_done = list(artifacts.glob("finetune/*/_COMPLETE.json"))
+            mid = list(artifacts.glob("mask_train/*/_checkpoint/*"))
+            if ft_done and mid:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the launch ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(3)  # Ray reaps the dead driver's trial workers
+    ft_marker = list(artifacts.glob("finetune/*/_COMPLETE.json"))[0]
+    before = os.path.getmtime(ft_marker)
+    assert launch.main([str(path), "--no-figure", "--no-report"]) == 0
+    assert os.path.getmtime(ft_marker) == before  # the finished fine-tune was not re-run
+    frame = results.load(str(out))
+    assert set(frame["stage"]) == {"finetune", "mask_train"} and (frame["status"] == "completed").all()
+    assert frame["node_key"].nunique() == 3
+    assert not frame.duplicated(["node_key", "step", "eval_dataset", "metric"]).any()
+    # every node published all its evals (8 steps of fine-tuning, 16 of mask training, every 2; plus step 0)
+    evals = frame.groupby("node_key")["step"].nunique().sort_values().tolist()
+    assert evals == [5, 9, 9]

@@ -51,6 +51,11 @@ def test_smoke_sweep_rows_and_idempotent_relaunch(ray_env, tmp_path):
         assert frame[column].notna().all(), column
     assert frame.loc[frame["stage"] == "mask_train", "cfg.mask.init"].eq("magnitude").all()
     assert os.path.exists(os.path.join(out, "e2e_sparsity.png"))
+    # --status: the same progress view from the store and the results alone
+    tally = _status(path, out)
+    assert tally.rows["finetune"]["done"] == 1 and tally.rows["mask_train"]["done"] == 2
+    assert tally.total("failed") == tally.total("skipped") == tally.total("to run") == 0
+    assert launch.main([path, "--status"]) == 0
 
     before = _mtimes(out)
     assert launch.main([path]) == 0
@@ -79,3 +84,15 @@ def test_failed_node_exits_nonzero_and_is_recorded(ray_env, tmp_path):
     failed = frame[frame["status"] == "failed"]
     assert len(failed) == 2  # the fine-tune failed; the mask node that needs it is skipped, not run
     assert failed["error"].str.contains("ood_mode|upstream").all()
+    tally = _status(path, out)
+    assert tally.total("failed") == 1 and tally.total("skipped") == 1 and tally.total("done") == 0
+
+
+def _status(path, out):
+    from orchestrator.plan import build_plan
+    from orchestrator.progress import status_view
+    from orchestrator.spec import load_spec
+    from workers.store import ArtifactStore
+
+    spec = load_spec(path)
+    return status_view(build_plan(spec), ArtifactStore(spec.artifact_root()), results.results_dir(out))

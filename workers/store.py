@@ -166,3 +166,31 @@ class ArtifactStore:
                 self.fs.delete_dir(self._remote_path(stage, key, CHECKPOINT))
             except (FileNotFoundError, OSError):
                 pass
+
+    # -- listing ----------------------------------------------------------------------------------------------
+    def list_complete(self) -> set[tuple[str, str]]:
+        """Every complete node as (stage, key), in one pass over the store (one directory listing per stage
+        locally; one recursive listing for a URI store) instead of one request per node."""
+        out: set[tuple[str, str]] = set()
+        if not self.remote:
+            if not os.path.isdir(self.root):
+                return out
+            for stage in os.scandir(self.root):
+                if not stage.is_dir():
+                    continue
+                for node in os.scandir(stage.path):
+                    if node.is_dir() and os.path.exists(os.path.join(node.path, MARKER)):
+                        out.add((stage.name, node.name))
+            return out
+        import pyarrow.fs as pafs
+
+        base = self.base.rstrip("/")
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        except (FileNotFoundError, OSError):
+            return out
+        for info in infos:
+            parts = info.path[len(base):].strip("/").split("/")
+            if len(parts) == 3 and parts[2] == MARKER:
+                out.add((parts[0], parts[1]))
+        return out

@@ -1,0 +1,256 @@
+"""Dependency-driven scheduling of plan nodes inside ONE Ray Tune run per launch.
+
+``DagScheduler`` holds the state of every node (thread-safe): a node becomes *ready* as soon as all its inputs
+are complete; ready nodes are handed out longest-remaining-path first (the node's own estimated duration plus
+the longest estimated chain of work that waits on it, ``orchestrator.plan.node_seconds``); a failed node marks
+every descendant *skipped* at once, naming the failed node, while independent nodes go on.
+
+``NodeSearcher`` is the Tune hook: a ``ray.tune.search.Searcher`` whose ``suggest`` returns the next ready
+node's trial config, ``None`` while everything left waits on running nodes, and ``Searcher.FINISHED`` once no
+node is waiting, ready or running (and the scheduler is closed). The Tuner runs with ``num_samples=-1``, so Tune
+keeps asking until FINISHED. bench/scheduler.py replays a plan through the same ``DagScheduler`` (same ordering
+code) in an event simulation.
+
+API for other producers of nodes (e.g. an Optuna study whose trials are ordinary content-keyed nodes):
+
+- ``scheduler.add_nodes(nodes, complete=keys)``: thread-safe; may be called while Tune runs. Each node's
+  upstream nodes must be known to the scheduler already (or be in the same call) or have their key in
+  ``complete``. A key already known is ignored (identical work runs once). Priorities are recomputed.
+- ``scheduler.on_node_done(callback)``: ``callback(node, status, message)`` is called (on Tune's driver thread,
+  or the thread that reported the outcome) for every node that ends: status ``done``, ``failed`` or
+  ``skipped``. Keep callbacks quick; hand slow work to a thread.
+- ``DagScheduler(keep_open=True)`` keeps Tune asking for nodes even when nothing is left; call
+  ``scheduler.close()`` once no more nodes will be added, and the run ends when the remaining nodes end.
+- ``scheduler.counts()`` / ``scheduler.snapshot()``: status per stage for progress views.
+- In a launch: ``orchestrator.launch.run_plan(..., on_scheduler=fn)`` calls ``fn(scheduler)`` before Tune starts,
+  with the scheduler kept open; the producer adds nodes (from its callbacks or its own thread) and closes it.
+  Nodes it adds are published like the plan's. While nothing is ready or running, Tune polls ``suggest``
+  about once a second.
+
+States: ``waiting`` (an input is not complete yet), ``ready``, ``running``, ``done`` (finished in this launch),
+``cached`` (complete before the launch: never run again), ``failed``, ``skipped``.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from typing import Callable, Iterable
+
+WAITING, READY, RUNNING, DONE, CACHED, FAILED, SKIPPED = (
+    "waiting", "ready", "running", "done", "cached", "failed", "skipped")
+FINAL = {DONE, CACHED, FAILED, SKIPPED}
+
+
+def remaining_path(nodes: dict, children: dict[str, list[str]], duration: dict[str, float]) -> dict[str, float]:
+    """Longest remaining path of every node: its own duration plus the longest chain of descendants.
+    ``nodes`` must be in topological order (the plan's insertion order is)."""
+    out: dict[str, float] = {}
+    for key in reversed(list(nodes)):
+        out[key] = duration.get(key, 0.0) + max((out[c] for c in children.get(key, ())), default=0.0)
+    return out
+
+
+class DagScheduler:
+    def __init__(self, duration: Callable[[object], float] | None = None, keep_open: bool = False):
+        self._duration_of = duration or (lambda node: 1.0)
+        self._lock = threading.RLock()
+        self.nodes: dict[str, object] = {}  # key -> Node, topological order
+        self.status: dict[str, str] = {}
+        self.message: dict[str, str] = {}
+        self.children: dict[str, list[str]] = {}
+        self.duration: dict[str, float] = {}
+        self.priority: dict[str, float] = {}
+        self.started_at: dict[str, float] = {}
+        self.ended_at: dict[str, float] = {}
+        self._missing: dict[str, int] = {}  # key -> inputs not complete yet
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        self._callbacks: list[Callable] = []
+        self._open = keep_open
+
+    # -- building ---------------------------------------------------------------------------------------------
+    def add_nodes(self, nodes: Iterable, complete: Iterable[str] = ()) -> int:
+        """Add nodes (topological order); keys in ``complete`` are taken as done already. Returns how many
+        new nodes were added."""
+        complete = set(complete)
+        with self._lock:
+            added = []
+            for node in nodes:
+                if node.key in self.nodes:
+                    continue
+                for up in node.upstream:
+                    if up.key not in self.nodes and up.key not in complete:
+                        raise ValueError(f"node {node.stage}/{node.key}: its input {up.stage}/{up.key} is neither "
+                                         "scheduled nor complete; add upstream nodes first")
+                self.nodes[node.key] = node
+                self.children.setdefault(node.key, [])
+                self.duration[node.key] = float(self._duration_of(node))
+                added.append(node)
+            for node in added:
+                ups = {u.key for u in node.upstream}
+                for up in ups:
+                    if up in self.children:
+                        self.children[up].append(node.key)
+                if node.key in complete:
+                    self.status[node.key] = CACHED
+                    continue
+                blocked = [u for u in ups if self.status.get(u, CACHED) not in (DONE, CACHED)]
+                failed = [u for u in blocked if self.status.get(u) in (FAILED, SKIPPED)]
+                if failed:
+                    self.status[node.key] = SKIPPED
+                    self.message[node.key] = self._skip_reason(failed[0])
+                    continue
+                self._missing[node.key] = len(blocked)
+                self.status[node.key] = WAITING if blocked else READY
+            self.priority = remaining_path(self.nodes, self.children, self.duration)
+            self._heap = [(-self.priority[k], next(self._seq), k) for k, s in self.status.items() if s == READY]
+            heapq.heapify(self._heap)
+            skipped_now = [self.nodes[n.key] for n in added if self.status[n.key] == SKIPPED]
+        for node in skipped_now:
+            self._notify(node, SKIPPED, self.message[node.key])
+        return len(added)
+
+    def close(self) -> None:
+        """No more nodes will be added: the run may finish once the known nodes end."""
+        with self._lock:
+            self._open = False
+
+    def on_node_done(self, callback: Callable[[object, str, str], None]) -> None:
+        self._callbacks.append(callback)
+
+    # -- running ----------------------------------------------------------------------------------------------
+    def next_ready(self):
+        """The ready node with the longest remaining path (now marked running), or None."""
+        with self._lock:
+            while self._heap:
+                _, _, key = heapq.heappop(self._heap)
+                if self.status.get(key) == READY:
+                    self.status[key] = RUNNING
+                    self.started_at[key] = time.time()
+                    return self.nodes[key]
+            return None
+
+    @property
+    def finished(self) -> bool:
+        with self._lock:
+            return not self._open and all(s in FINAL for s in self.status.values())
+
+    @property
+    def blocked(self) -> bool:
+        """Nothing ready or running, yet nodes wait (cannot happen for a consistent DAG; a guard for callers)."""
+        with self._lock:
+            return not any(s in (READY, RUNNING) for s in self.status.values()) and \
+                any(s == WAITING for s in self.status.values())
+
+    def node_done(self, key: str) -> None:
+        with self._lock:
+            if self.status.get(key) in FINAL:
+                return
+            self.status[key] = DONE
+            self.ended_at[key] = time.time()
+            for child in self.children[key]:
+                if self.status[child] == WAITING:
+                    self._missing[child] -= 1
+                    if self._missing[child] == 0:
+                        self.status[child] = READY
+                        heapq.heappush(self._heap, (-self.priority[child], next(self._seq), child))
+            node = self.nodes[key]
+        self._notify(node, DONE, "")
+
+    def node_failed(self, key: str, message: str = "failed") -> list[str]:
+        """Mark a node failed and every node downstream of it skipped; returns the skipped keys."""
+        with self._lock:
+            if self.status.get(key) in FINAL:
+                return []
+            self.status[key] = FAILED
+            self.message[key] = message
+            self.ended_at[key] = time.time()
+            skipped, stack = [], list(self.children[key])
+            reason = self._skip_reason(key)
+            while stack:
+                child = stack.pop()
+                if self.status[child] in (WAITING, READY):
+                    self.status[child] = SKIPPED
+                    self.message[child] = reason
+                    skipped.append(child)
+                    stack.extend(self.children[child])
+            events = [(self.nodes[key], FAILED, message)] + [(self.nodes[k], SKIPPED, reason) for k in skipped]
+        for event in events:
+            self._notify(*event)
+        return skipped
+
+    def set_message(self, key: str, message: str) -> None:
+        with self._lock:
+            self.message[key] = message
+
+    def _skip_reason(self, failed_key: str) -> str:
+        node = self.nodes[failed_key]
+        return f"skipped: upstream {node.stage} {failed_key} failed"
+
+    def _notify(self, node, status: str, message: str) -> None:
+        for callback in list(self._callbacks):
+            callback(node, status, message)
+
+    # -- views ------------------------------------------------------------------------------------------------
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{stage: {status: count}}"""
+        with self._lock:
+            out: dict[str, dict[str, int]] = {}
+            for key, status in self.status.items():
+                per = out.setdefault(self.nodes[key].stage, {})
+                per[status] = per.get(status, 0) + 1
+            return out
+
+    def snapshot(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self.status)
+
+
+def make_searcher(scheduler: DagScheduler, payload: Callable[[object], dict],
+                  error_of: Callable[[str], str] | None = None):
+    """A Tune Searcher suggesting the scheduler's ready nodes; ``payload(node)`` is the node's trial config and
+    ``error_of(trial_id)`` the one-line error of a failed trial (Tune gives a Searcher only the trial id)."""
+    from ray.tune.search import Searcher
+
+    class NodeSearcher(Searcher):
+        def __init__(self):
+            super().__init__(metric=None, mode=None)
+            self.trial_node: dict[str, str] = {}
+
+        def suggest(self, trial_id: str):
+            node = scheduler.next_ready()
+            if node is None:
+                return Searcher.FINISHED if scheduler.finished else None
+            self.trial_node[trial_id] = node.key
+            return {"node": payload(node)}
+
+        def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+            key = self.trial_node.pop(trial_id, None)
+            if key is None:
+                return
+            if error:
+                message = "failed"
+                if error_of is not None:
+                    try:
+                        message = error_of(trial_id) or message
+                    except Exception as err:  # a missing error file must not stop the sweep
+                        message = f"failed (its error could not be read: {err})"
+                scheduler.node_failed(key, message)
+            else:
+                scheduler.node_done(key)
+
+        def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+            pass  # nothing to save: the artifact store's completion markers are the state of record
+
+        def __reduce__(self):
+            # Tune pickles its config (tuner.pkl) for Tuner.restore; a launch never restores (it re-plans from
+            # the store), so the pickled searcher is an empty one instead of the live DAG with its locks.
+            return (_empty_searcher, ())
+
+    return NodeSearcher()
+
+
+def _empty_searcher():
+    return make_searcher(DagScheduler(), lambda node: {})
