@@ -16,6 +16,7 @@ from rich.table import Table
 
 from workers.store import ArtifactStore
 
+from . import cluster as clusterlib
 from . import results
 from .plan import Node, Plan, build_plan, estimate_gpu_hours
 from .spec import SpecError, SweepSpec, load_spec
@@ -27,6 +28,7 @@ def node_payload(node: Node, store: ArtifactStore, resources: dict | None = None
     return {"key": node.key, "stage": node.stage, "stage_config": node.stage_config,
             "inputs": {name: [i.node.stage, i.node.key, i.filename] for name, i in node.inputs.items()},
             "artifact_root": store.root, "resources": resources or {},
+            "versions": clusterlib.driver_versions(node.stage),  # checked by the worker before it runs
             "columns": {**node.columns, "upstream_keys": ",".join(u.key for u in node.upstream)}}
 
 
@@ -44,23 +46,15 @@ def print_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore) -> None:
                   "GPU-hours on one A100/H100-class GPU per trial (planning estimate, see orchestrator/plan.py).")
 
 
-def node_resources(spec: SweepSpec, stage: str, n_trials: int, cluster: dict) -> dict:
-    """CPUs and GPUs of one trial: the stage's override, else the spec's per-trial values; "auto" GPUs = 1 when
-    the cluster has any, else 0. Asking for a GPU the cluster lacks fails now instead of pending forever."""
-    override = spec.resources.stages.get(stage)
-    cpus = override.cpus if override and override.cpus is not None else spec.resources.cpus_per_trial
-    gpus = override.gpus if override and override.gpus is not None else (
-        0.0 if stage == "bias_model" else spec.resources.gpus_per_trial)
-    have_gpu = cluster.get("GPU", 0) > 0
-    if gpus == "auto":
-        gpus = 1.0 if have_gpu else 0.0
-    elif gpus > 0 and not have_gpu:
-        field = f"resources.stages.{stage}.gpus" if override and override.gpus is not None else "resources.gpus_per_trial"
-        raise SpecError(f"field '{field}': {gpus} GPUs asked but the Ray cluster has none; use 'auto' to run on "
-                        "CPU when no GPU exists")
-    if cpus == "auto":  # share the cluster's CPUs among the wave's trials; a lone trial gets them all
-        cpus = max(1.0, float(int(cluster.get("CPU", 1) // max(1, n_trials))))
-    return {"cpu": float(cpus), "gpu": float(gpus)}
+def node_resources(spec: SweepSpec, stage: str, n_trials: int, cluster: dict | None = None) -> dict:
+    """CPUs and GPUs of one trial (orchestrator/cluster.py trial_resources). ``cluster``: a
+    ``clusterlib.shape()``, or a resource total such as ``ray.cluster_resources()`` taken as one node."""
+    if cluster is None:
+        cluster = clusterlib.shape()
+    if "nodes" not in cluster:
+        cluster = {"nodes": [{"CPU": float(cluster.get("CPU", 0)), "GPU": float(cluster.get("GPU", 0))}],
+                   "node_types": None}
+    return clusterlib.trial_resources(spec, stage, n_trials, cluster["nodes"], cluster["node_types"])
 
 
 def run_wave(spec: SweepSpec, nodes: list[Node], store: ArtifactStore, wave: int, root: str) -> dict[str, str]:
@@ -82,7 +76,7 @@ def run_wave(spec: SweepSpec, nodes: list[Node], store: ArtifactStore, wave: int
     import ray
     from ray.tune import PlacementGroupFactory
 
-    cluster = ray.cluster_resources()
+    cluster = clusterlib.shape()
     payloads = []
     for node in nodes:
         res = node_resources(spec, node.stage, len(nodes), cluster)
@@ -104,7 +98,7 @@ def run_wave(spec: SweepSpec, nodes: list[Node], store: ArtifactStore, wave: int
         ),
         run_config=tune.RunConfig(
             name=f"wave{wave}-{int(time.time())}",
-            storage_path=os.path.join(os.path.abspath(spec.output_dir), "ray"),
+            storage_path=clusterlib.tune_storage(spec.output_dir, spec.name),
             failure_config=tune.FailureConfig(max_failures=1),
             callbacks=[PublishRows()],
             verbose=1,
@@ -167,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", help="sweep YAML (see sweeps/)")
     parser.add_argument("--address", help="Ray cluster address; default: start an embedded local Ray")
+    parser.add_argument("--no-ship-code", action="store_true",
+                        help="with --address: use the code installed on the nodes (a pinned image) instead of "
+                             "shipping this checkout's packages; nodes still refuse a version mismatch")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit; touches no model")
     parser.add_argument("--no-figure", action="store_true", help="skip the PNG figure")
     parser.add_argument("--no-report", action="store_true", help="skip the Markdown report and its figures")
@@ -194,9 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     save_spec_copy(args.spec, spec)
     started_ray = not ray.is_initialized()  # reuse a Ray the caller already started (notebooks, tests)
     if started_ray and args.address:
-        ray.init(address=args.address, log_to_driver=True)
+        ray.init(address=args.address, log_to_driver=True,
+                 runtime_env=None if args.no_ship_code else clusterlib.runtime_env())
     elif started_ray:
         ray.init(include_dashboard=False, logging_level="WARNING")
+    try:
+        clusterlib.check_cluster(spec.artifact_root(), clusterlib.local_paths(spec), clusterlib.alive_nodes())
+    except clusterlib.ClusterError as err:
+        if started_ray:
+            ray.shutdown()
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        return 2
     try:
         for index, wave in enumerate(plan.waves()):
             blocked = [n for n in wave if any(u.key in errors or not store.is_complete(u.stage, u.key)
@@ -219,15 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     collect(plan, store, root, errors)
     frame = results.load(root, sweep=spec.name)
     console.print(summarize(frame))
-    out_dir = os.path.abspath(spec.output_dir)
+    out_dir = clusterlib.local_output_dir(spec.output_dir, spec.name)
     if not args.no_figure:
         from .figures import metric_vs_sparsity
         png = metric_vs_sparsity(frame[frame["status"] == "completed"], os.path.join(out_dir, f"{spec.name}_sparsity.png"))
         console.print(f"figure: {png}")
     if not args.no_report:
         from .report import build_report
-        report = build_report(root, sweep=spec.name, masks="://" not in spec.artifact_root())
+        report = build_report(root, out=os.path.join(out_dir, "report"), sweep=spec.name, masks="://" not in spec.artifact_root())
         console.print(f"report: {report.path} ({len(report.figures)} figures)")
+    clusterlib.upload_outputs(out_dir, spec.output_dir)
     console.print(f"results: {root}  ({len(frame)} rows, {time.time() - started:.0f} s)")
     for key, message in errors.items():
         console.print(f"[red]failed node {key}:[/] {message}", highlight=False)
@@ -238,7 +244,7 @@ def save_spec_copy(path: str, spec: SweepSpec) -> None:
     """The spec as run, next to its results (the report embeds it)."""
     from srnet_core.io import atomic_path
 
-    target = os.path.join(os.path.abspath(spec.output_dir), f"{spec.name}.spec.yaml")
+    target = os.path.join(clusterlib.local_output_dir(spec.output_dir, spec.name), f"{spec.name}.spec.yaml")
     with open(path) as f:
         text = f.read()
     with atomic_path(target) as tmp:

@@ -53,6 +53,7 @@ def config_columns(stage_config: dict, prefix: str = "cfg.") -> dict:
 def run_node(node: dict, report=None) -> str:
     """Run a node (inside Tune or not), resuming from its checkpoint; returns its local artifact directory.
     Idempotent once complete. ``report(record)`` sees every evaluation."""
+    check_versions(node)
     store = ArtifactStore(node["artifact_root"])
     stage, key = node["stage"], node["key"]
     out_dir = store.node_dir(stage, key)
@@ -81,6 +82,27 @@ def run_node(node: dict, report=None) -> str:
     shutil.rmtree(os.path.dirname(state_path), ignore_errors=True)  # outputs are saved; the state is not needed
     store.mark_complete(stage, key, {"node": node, "wall_seconds": ended - started, **provenance()})
     return out_dir
+
+
+def check_versions(node: dict) -> None:
+    """Refuse a node planned by a driver running other code: its key embeds the driver's STAGE_VERSION, and
+    its artifacts must come from the code the driver planned with. ``node["versions"]`` is set by the driver."""
+    expected = node.get("versions")
+    if not expected:
+        return
+    from srnet_core.stages import STAGE_VERSION
+
+    from .provenance import code_digest
+
+    mine = {"stage_version": STAGE_VERSION.get(node["stage"]), "code": code_digest()}
+    if mine != expected:
+        import socket
+
+        raise RuntimeError(
+            f"node {node['key']} refused on {socket.gethostname()}: this worker runs {node['stage']} stage version "
+            f"{mine['stage_version']} with code {mine['code']}, the driver planned it with stage version "
+            f"{expected.get('stage_version')} and code {expected.get('code')}; launch ships its code unless "
+            "--no-ship-code is given, so run every node from the same image or drop --no-ship-code")
 
 
 def result_frame(node: dict, rows: list[dict], started: float, ended: float) -> pd.DataFrame:
