@@ -92,6 +92,12 @@ def upload_outputs(local_dir: str, output_dir: str) -> None:
     pafs.copy_files(local_dir, base, destination_filesystem=fs)
 
 
+def override_output_dir(spec: "SweepSpec", output_dir: str | None) -> None:
+    """``launch --output-dir``: the spec's output_dir replaced (resolved on the driver like the spec's own)."""
+    if output_dir:
+        spec.output_dir = resolve_path(output_dir)
+
+
 def local_paths(spec: SweepSpec) -> dict[str, str]:
     """The spec's local paths every worker node must see: {field: absolute path}."""
     out = {}

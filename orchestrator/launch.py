@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", help="sweep YAML (see sweeps/)")
     parser.add_argument("--address", help="Ray cluster address; default: start an embedded local Ray")
+    parser.add_argument("--output-dir", help="override the spec's output_dir: a directory every node shares or "
+                                             "an s3:// / gs:// URI (the usual choice on a cluster)")
     parser.add_argument("--no-ship-code", action="store_true",
                         help="with --address: use the code installed on the nodes (a pinned image) instead of "
                              "shipping this checkout's packages; nodes still refuse a version mismatch")
@@ -170,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec)
+        clusterlib.override_output_dir(spec, args.output_dir)
     except SpecError as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         return 2
