@@ -210,36 +210,50 @@ def _can_unshare() -> bool:
     return subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _can_unshare(), reason="needs `unshare -m` (root or user namespaces) to give one node "
                                                 "its own filesystem view")
-def test_non_shared_store_fails_at_launch_with_one_line(tmp_path):
+def test_non_shared_store_and_driver_only_paths_fail_at_launch(tmp_path):
     env = _env(tmp_path)
-    store = tmp_path / "store"
-    store.mkdir()
+    hidden = tmp_path / "driver-only"  # the second node sees an empty disk here: its store and data are not ours
+    store, data = hidden / "store", hidden / "data"
+    store.mkdir(parents=True)
+    data.mkdir()
+    shared_store = tmp_path / "shared-store"
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump({**BASE, "output_dir": str(tmp_path / "out"), "artifact_store": str(store),
                                     "resources": {"cpus_per_trial": 1}}))
+    spec2 = tmp_path / "s2.yaml"
+    spec2.write_text(yaml.safe_dump({**BASE, "output_dir": str(tmp_path / "out"), "data_dir": str(data),
+                                     "artifact_store": str(shared_store), "resources": {"cpus_per_trial": 1}}))
     (cwd := tmp_path / "cwd").mkdir()
     with ray_cluster(env, []) as info:
-        # a second node whose view of the store directory is its own empty disk
         node = subprocess.Popen(
             ["unshare", "-m", "--propagation", "private", "sh", "-c",
-             f'mount -t tmpfs tmpfs "{store}" && exec "{RAY}" start --block --address={info["address"]} '
+             f'mount -t tmpfs tmpfs "{hidden}" && exec "{RAY}" start --block --address={info["address"]} '
              '--num-cpus=1 --disable-usage-stats'],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             _wait_for_nodes(env, info["address"], 2)
             run = _launch(env, cwd, str(spec), "--address", info["address"], "--no-ship-code", timeout=300)
+            run2 = _launch(env, cwd, str(spec2), "--address", info["address"], "--no-ship-code", timeout=300)
         finally:
             _kill(node, grace=5)
-    assert run.returncode == 2, run.stdout[-3000:] + run.stderr[-3000:]
+    for r in (run, run2):
+        assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "Traceback" not in r.stdout + r.stderr
     errors = [line for line in run.stdout.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in run.stdout + run.stderr
+    assert len(errors) == 1
     assert f"error: artifact store '{store}' is not shared: node(s) " in errors[0]
     assert "of this 2-node cluster cannot read a file the driver wrote there; set artifact_store" in errors[0]
     # nothing ran: no stage directory, and the probe file is gone
     assert [p.name for p in store.iterdir()] == ["_probe"] and not list((store / "_probe").iterdir())
     assert not os.path.exists(tmp_path / "out" / "results")
+    # a store every node shares, but a data_dir only the driver has
+    errors = [line for line in run2.stdout.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: field 'data_dir': '{data}' exists on the driver but "
+                                                     "not on node ")
+    assert [p.name for p in shared_store.iterdir()] == ["_probe"]
 
 
 @pytest.fixture
