@@ -3,9 +3,11 @@
 * Paths: the spec's local paths are made absolute on the driver (a Tune trial runs in its own working
   directory); ``s3://``, ``gs://`` and other pyarrow URIs pass through unchanged.
 * Shared store: on a cluster of more than one node every node must reach the artifact store. The driver
-  writes a probe file through the store and a task pinned to every alive node (NodeAffinitySchedulingStrategy)
-  reads it back; the same task checks that the spec's local paths exist there. A failure stops the launch
-  before anything runs, with one line that names the fix.
+  writes the store's identity file (``_store.json``, a random id, written once) through the store and a task
+  pinned to every alive node (NodeAffinitySchedulingStrategy) reads it back; the same task checks that the
+  spec's local paths exist there. A failure stops the launch before anything runs, with one line that names
+  the fix. Nodes that join later (autoscaling) are checked by the worker itself: every node payload carries
+  the store id, and a worker that reads another id (or none) there refuses the node.
 * Code: the driver ships ``srnet_core``, ``workers`` and ``orchestrator`` as Ray ``py_modules`` (or every
   node runs the same pinned image); each node's payload carries the driver's stage and code versions, which
   the worker checks before running it (workers/trainable.py).
@@ -14,6 +16,8 @@
 """
 from __future__ import annotations
 
+import functools
+import json
 import os
 import tempfile
 import uuid
@@ -23,6 +27,7 @@ if TYPE_CHECKING:  # the probe task imports this module on every node: keep it f
     from .spec import SweepSpec
 
 PACKAGES = ("srnet_core", "workers", "orchestrator")
+IDENTITY = "_store.json"  # workers/trainable.py reads the same name
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEAD_RESOURCE = "node:__internal_head__"
 
@@ -220,15 +225,40 @@ def driver_versions(stage: str) -> dict:
 
 # -- the shared-store probe ---------------------------------------------------------------------------------
 
-def _read_probe(uri: str, token: str, paths: dict[str, str]) -> dict:
-    """On one node: can it read the probe file, and which of the spec's local paths are missing there?"""
+def _read_identity(root: str) -> str | None:
+    fs, base = filesystem(root)
+    try:
+        with fs.open_input_stream(base.rstrip("/") + "/" + IDENTITY) as f:
+            return json.loads(f.read())["id"]
+    except FileNotFoundError:
+        return None
+
+
+@functools.lru_cache(maxsize=8)
+def store_identity(root: str) -> str:
+    """The store's id, from ``<root>/_store.json``; written (once, never rewritten) if the store has none.
+    Two launches creating the same new store at the same instant could each write theirs; the later one wins
+    and nodes planned by the other are refused (and re-run on its relaunch)."""
+    found = _read_identity(root)
+    if found:
+        return found
+    import pandas as pd
+
+    fs, base = filesystem(root)
+    fs.create_dir(base, recursive=True)
+    with fs.open_output_stream(base.rstrip("/") + "/" + IDENTITY) as f:
+        f.write(json.dumps({"id": uuid.uuid4().hex, "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
+                            "what": "SRNet Sweep artifact store; workers check they see this file"}).encode())
+    return _read_identity(root)
+
+
+def _read_probe(root: str, expected: str, paths: dict[str, str]) -> dict:
+    """On one node: does it see the driver's store (same id), and which of the spec's local paths are missing?"""
     import socket
 
     try:
-        fs, path = filesystem(uri)
-        with fs.open_input_stream(path) as f:
-            seen = f.read().decode()
-        store = "ok" if seen == token else "a different file"
+        seen = _read_identity(root)
+        store = "ok" if seen == expected else ("no identity file" if seen is None else "another store")
     except Exception as err:  # noqa: BLE001 - any failure to read means "not shared"
         store = f"{type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"
     missing = [field for field, p in paths.items() if field != "artifact_store" and not os.path.exists(p)]
@@ -237,37 +267,28 @@ def _read_probe(uri: str, token: str, paths: dict[str, str]) -> dict:
 
 def check_cluster(store_root: str, paths: dict[str, str], nodes: list[dict], timeout: float = 120.0) -> None:
     """Raise ClusterError (one line) when a cluster of more than one node cannot share ``store_root`` or a
-    node lacks one of the spec's local ``paths``. A single-node cluster needs no probe."""
+    node lacks one of the spec's local ``paths``. A single-node cluster needs no probe (a node that joins later
+    is checked by the worker, see ``store_identity``)."""
+    try:
+        expected = store_identity(store_root)
+    except Exception as err:  # noqa: BLE001
+        raise ClusterError(f"artifact store '{store_root}' is not writable from the driver ({err}); fix "
+                           "artifact_store/output_dir or the credentials in the environment") from None
     if len(nodes) < 2:
         return
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    token = uuid.uuid4().hex
-    probe = join(store_root, "_probe", f"{token}.txt")
-    fs, path = filesystem(probe)
-    try:
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with fs.open_output_stream(path) as f:
-            f.write(token.encode())
-    except Exception as err:  # noqa: BLE001
-        raise ClusterError(f"artifact store '{store_root}' is not writable from the driver ({err}); fix "
-                           "artifact_store/output_dir or the credentials in the environment") from None
     remote = ray.remote(num_cpus=0, max_retries=0)(_read_probe)
-    try:
-        refs = {n["node_id"]: remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-            n["node_id"], soft=False)).remote(probe, token, paths) for n in nodes}
-        answers = {}
-        for node_id, ref in refs.items():
-            try:
-                answers[node_id] = ray.get(ref, timeout=timeout)
-            except Exception as err:  # noqa: BLE001 - a node that cannot even run the probe
-                answers[node_id] = {"host": node_id[:12], "store": type(err).__name__, "missing": []}
-    finally:
+    refs = {n["node_id"]: remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        n["node_id"], soft=False)).remote(store_root, expected, paths) for n in nodes}
+    answers = {}
+    for node_id, ref in refs.items():
         try:
-            fs.delete_file(path)
-        except Exception:  # noqa: BLE001
-            pass
+            answers[node_id] = ray.get(ref, timeout=timeout)
+        except Exception as err:  # noqa: BLE001 - a node that cannot even run the probe
+            if node_id in {n["node_id"] for n in alive_nodes()}:  # one that left meanwhile is no concern
+                answers[node_id] = {"host": node_id[:12], "store": type(err).__name__, "missing": []}
     unshared = sorted({a["host"] for a in answers.values() if a["store"] != "ok"})
     if unshared:
         raise ClusterError(

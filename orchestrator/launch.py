@@ -28,7 +28,8 @@ def node_payload(node: Node, store: ArtifactStore, resources: dict | None = None
     return {"key": node.key, "stage": node.stage, "stage_config": node.stage_config,
             "inputs": {name: [i.node.stage, i.node.key, i.filename] for name, i in node.inputs.items()},
             "artifact_root": store.root, "resources": resources or {},
-            "versions": clusterlib.driver_versions(node.stage),  # checked by the worker before it runs
+            # checked by the worker before it runs: same code, and the driver's store (not a node-local copy)
+            "versions": clusterlib.driver_versions(node.stage), "store_id": clusterlib.store_identity(store.root),
             "columns": {**node.columns, "upstream_keys": ",".join(u.key for u in node.upstream)}}
 
 

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -124,6 +125,26 @@ def test_worker_refuses_a_node_planned_with_other_code(tmp_path):
     check_versions(node)  # the same code passes
 
 
+def test_worker_refuses_a_node_when_it_does_not_see_the_drivers_store(tmp_path):
+    from orchestrator.cluster import store_identity
+    from workers.trainable import check_store, run_node
+
+    driver = tmp_path / "driver-store"
+    sid = store_identity(str(driver))
+    assert len(sid) == 32 and store_identity(str(driver)) == sid  # written once, then read back
+    node = {"key": "k" * 16, "stage": "finetune", "stage_config": {}, "artifact_root": str(tmp_path / "local"),
+            "store_id": sid}
+    with pytest.raises(RuntimeError, match=r"refused on .*: the artifact store '.*local' is not shared with this "
+                                           r"node \(no store identity file there\)"):
+        run_node(node)
+    assert not (tmp_path / "local").exists()
+    store_identity.cache_clear()
+    store_identity(str(tmp_path / "local"))  # another store with its own id
+    with pytest.raises(RuntimeError, match=r"\(another store identity file there\)"):
+        check_store(node)
+    check_store({**node, "artifact_root": str(driver)})
+
+
 # -- clusters on this machine -----------------------------------------------------------------------------
 
 def _free_port() -> int:
@@ -227,7 +248,21 @@ def test_non_shared_store_and_driver_only_paths_fail_at_launch(tmp_path):
     spec2.write_text(yaml.safe_dump({**BASE, "output_dir": str(tmp_path / "out"), "data_dir": str(data),
                                      "artifact_store": str(shared_store), "resources": {"cpus_per_trial": 1}}))
     (cwd := tmp_path / "cwd").mkdir()
+    late = tmp_path / "late.yaml"  # the probe cannot see a node that joins after it: the worker itself refuses
+    late.write_text(yaml.safe_dump({**BASE, "output_dir": str(tmp_path / "late"), "artifact_store": str(store),
+                                    "resources": {"cpus_per_trial": 1}}))
     with ray_cluster(env, []) as info:
+        # the head alone (CPU 0): the launch passes the probe and its first trial waits for a node to join
+        pending = subprocess.Popen([sys.executable, "-m", "orchestrator.launch", str(late), "--address",
+                                    info["address"], "--no-ship-code", "--no-figure", "--no-report"], cwd=cwd,
+                                   env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        head = []
+        for line in pending.stdout:  # connected; then it probes the one node and submits its first trial
+            head.append(line)
+            if "Connected to Ray cluster" in line:
+                break
+        time.sleep(5)
         node = subprocess.Popen(
             ["unshare", "-m", "--propagation", "private", "sh", "-c",
              f'mount -t tmpfs tmpfs "{hidden}" && exec "{RAY}" start --block --address={info["address"]} '
@@ -235,10 +270,17 @@ def test_non_shared_store_and_driver_only_paths_fail_at_launch(tmp_path):
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             _wait_for_nodes(env, info["address"], 2)
+            late_out = "".join(head) + pending.communicate(timeout=300)[0]
             run = _launch(env, cwd, str(spec), "--address", info["address"], "--no-ship-code", timeout=300)
             run2 = _launch(env, cwd, str(spec2), "--address", info["address"], "--no-ship-code", timeout=300)
         finally:
             _kill(node, grace=5)
+            _kill(pending, grace=5)
+    assert pending.returncode == 1, late_out[-3000:]
+    flat = " ".join(late_out.split())  # rich wraps long lines of a non-terminal at 140 columns
+    assert re.search(r"failed node [0-9a-f]{16}: RuntimeError: node [0-9a-f]{16} refused on \S+: the artifact store "
+                     + re.escape(f"'{store}' is not shared with this node (no store identity file there)"), flat)
+    assert not os.path.exists(store / "finetune")  # on the driver's disk: nothing was written by that node
     for r in (run, run2):
         assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]
         assert "Traceback" not in r.stdout + r.stderr
@@ -247,13 +289,13 @@ def test_non_shared_store_and_driver_only_paths_fail_at_launch(tmp_path):
     assert f"error: artifact store '{store}' is not shared: node(s) " in errors[0]
     assert "of this 2-node cluster cannot read a file the driver wrote there; set artifact_store" in errors[0]
     # nothing ran: no stage directory, and the probe file is gone
-    assert [p.name for p in store.iterdir()] == ["_probe"] and not list((store / "_probe").iterdir())
+    assert [p.name for p in store.iterdir()] == ["_store.json"]
     assert not os.path.exists(tmp_path / "out" / "results")
     # a store every node shares, but a data_dir only the driver has
     errors = [line for line in run2.stdout.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: field 'data_dir': '{data}' exists on the driver but "
                                                      "not on node ")
-    assert [p.name for p in shared_store.iterdir()] == ["_probe"]
+    assert [p.name for p in shared_store.iterdir()] == ["_store.json"]
 
 
 @pytest.fixture
@@ -337,7 +379,7 @@ def test_sweep_on_a_multi_node_cluster_with_an_s3_store(tmp_path, s3_server, mon
     assert len(markers) == 3 and {p.split("/")[1] for p in markers} == {"finetune", "mask_train"}
     assert len([p for p in files if p.startswith("results/") and p.endswith(".parquet")]) == 3
     assert {"s3.spec.yaml", "s3_sparsity.png"} <= set(files)
-    assert not any(p.startswith("_probe/") or "/_probe/" in p for p in files)
+    assert {p for p in files if p.startswith("artifacts/") and p.count("/") < 3} == {"artifacts/_store.json"}
     # nothing written outside the store and the machine's scratch space (no local "s3:" folder either)
     assert list(cwd.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "home", "scratch", "specs"]
