@@ -149,9 +149,22 @@ def autoscaler_node_types() -> list[dict] | None:
              "max_count": int(g.max_count)} for g in config.node_group_configs if g.max_count != 0]
 
 
+def joined_cluster() -> bool:
+    """True when this driver connected to a Ray cluster someone else started (``--address``), False for the
+    Ray it started itself (its Node object then owns the GCS/raylet processes)."""
+    try:
+        import ray._private.worker as ray_worker
+
+        node = ray_worker._global_node
+        return node is not None and not node.all_processes
+    except Exception:  # noqa: BLE001 - a private attribute that moved: treat as local (fail fast on GPUs)
+        return False
+
+
 def shape() -> dict:
-    """{"nodes": alive_nodes(), "node_types": autoscaler_node_types()}: what trial sizes are computed from."""
-    return {"nodes": alive_nodes(), "node_types": autoscaler_node_types()}
+    """What trial sizes are computed from: alive nodes, the autoscaler's node types (None: unknown), and
+    whether the driver joined an existing cluster."""
+    return {"nodes": alive_nodes(), "node_types": autoscaler_node_types(), "joined": joined_cluster()}
 
 
 def trial_shapes(nodes: list[dict], node_types: list[dict] | None) -> list[dict]:
@@ -165,11 +178,13 @@ def trial_shapes(nodes: list[dict], node_types: list[dict] | None) -> list[dict]
 
 
 def trial_resources(spec: SweepSpec, stage: str, n_trials: int, nodes: list[dict],
-                    node_types: list[dict] | None) -> dict:
+                    node_types: list[dict] | None, joined: bool = False) -> dict:
     """CPUs and GPUs of one trial: the stage's override, else the spec's per-trial values.
 
     GPUs: ``auto`` = 1 when an alive node or an autoscaler node type has a GPU, else 0; an explicit number is
-    passed through (the autoscaler sees the demand and starts a GPU node) unless no GPU node can ever exist.
+    passed through (the autoscaler sees the demand and starts a GPU node) unless no GPU node can ever exist:
+    known when the autoscaler reports its node types (autoscaler v2) or for a Ray the driver started itself.
+    On a joined cluster whose autoscaler does not report them (v1) it passes with a warning.
     CPUs: ``auto`` = the cluster's CPUs (alive, or reachable by autoscaling) shared among the wave's trials,
     at least 1 and at most the CPUs of the largest node that fits the trial's GPUs; an explicit number larger
     than every node fails now instead of pending forever.
@@ -182,15 +197,24 @@ def trial_resources(spec: SweepSpec, stage: str, n_trials: int, nodes: list[dict
         0.0 if stage == "bias_model" else spec.resources.gpus_per_trial)
     shapes = trial_shapes(nodes, node_types)
     gpu_shapes = [s for s in shapes if s["GPU"] > 0]
+    hypothetical = False  # a GPU node assumed to come from an autoscaler that does not say what it can start
     if gpus == "auto":
         gpus = 1.0 if gpu_shapes else 0.0
     elif gpus > 0 and not [s for s in gpu_shapes if s["GPU"] >= min(gpus, 1.0)]:
         field = f"resources.stages.{stage}.gpus" if override and override.gpus is not None \
             else "resources.gpus_per_trial"
-        raise SpecError(f"field '{field}': {gpus} GPUs asked but no Ray node has them and the autoscaler "
-                        "(if any) can start none; add a GPU node type or use 'auto' to run on CPU")
+        if joined and node_types is None:
+            _warn_once(f"warning: field '{field}': {gpus} GPUs asked and no Ray node has one now; the trials wait "
+                       "for the autoscaler to start a GPU node (on a cluster that cannot, they wait forever: stop "
+                       "and use 'auto')")
+            hypothetical = True
+        else:
+            raise SpecError(f"field '{field}': {gpus} GPUs asked but no Ray node has them and the autoscaler "
+                            "(if any) can start none; add a GPU node type or use 'auto' to run on CPU")
     fits = [s for s in shapes if s["GPU"] >= gpus] if gpus > 0 else shapes
     largest = max((s["CPU"] for s in fits), default=1.0)
+    if hypothetical:  # its CPUs are unknown: explicit CPUs pass, "auto" takes one
+        return {"cpu": 1.0 if cpus == "auto" else float(cpus), "gpu": float(gpus)}
     if cpus == "auto":  # share the CPUs among the wave's trials; never more than one node has
         alive = sum(n["CPU"] for n in nodes)
         reachable = sum(s["CPU"] * (s["count"] if s["count"] > 0 else 1) for s in shapes)
@@ -202,6 +226,17 @@ def trial_resources(spec: SweepSpec, stage: str, n_trials: int, nodes: list[dict
         raise SpecError(f"field '{field}': {cpus} CPUs asked but the largest node that can run this trial has "
                         f"{largest:g}; ask for at most {largest:g} (or 'auto')")
     return {"cpu": float(cpus), "gpu": float(gpus)}
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        import sys
+
+        print(message, file=sys.stderr, flush=True)
 
 
 # -- code shipping and versions -----------------------------------------------------------------------------

@@ -55,7 +55,8 @@ def node_resources(spec: SweepSpec, stage: str, n_trials: int, cluster: dict | N
     if "nodes" not in cluster:
         cluster = {"nodes": [{"CPU": float(cluster.get("CPU", 0)), "GPU": float(cluster.get("GPU", 0))}],
                    "node_types": None}
-    return clusterlib.trial_resources(spec, stage, n_trials, cluster["nodes"], cluster["node_types"])
+    return clusterlib.trial_resources(spec, stage, n_trials, cluster["nodes"], cluster["node_types"],
+                                      cluster.get("joined", False))
 
 
 def run_wave(spec: SweepSpec, nodes: list[Node], store: ArtifactStore, wave: int, root: str) -> dict[str, str]:

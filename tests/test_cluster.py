@@ -67,6 +67,26 @@ def test_auto_gpus_come_from_the_autoscalers_node_types():
         trial_resources(_spec(gpus_per_trial=1), "finetune", 1, [HEAD, {"CPU": 4.0, "GPU": 0.0}], None)
 
 
+def test_explicit_gpus_wait_for_an_autoscaler_that_does_not_report_its_node_types(capsys):
+    from orchestrator.cluster import trial_resources
+    from orchestrator.spec import SpecError
+
+    # autoscaler v1 reports no node types: on a cluster the driver joined, an explicit ask passes, with a warning
+    spec = _spec(gpus_per_trial=1, cpus_per_trial=6)
+    assert trial_resources(spec, "finetune", 1, [HEAD], None, joined=True) == {"cpu": 6.0, "gpu": 1.0}
+    assert "warning: field 'resources.gpus_per_trial': 1.0 GPUs asked and no Ray node has one now" in \
+        capsys.readouterr().err
+    assert trial_resources(_spec(gpus_per_trial=1), "finetune", 4, [HEAD], None, joined=True) == \
+        {"cpu": 1.0, "gpu": 1.0}
+    assert trial_resources(_spec(), "finetune", 1, [HEAD, {"CPU": 2.0, "GPU": 0.0}], None, joined=True) == \
+        {"cpu": 2.0, "gpu": 0.0}  # "auto" never assumes a GPU it cannot see
+    with pytest.raises(SpecError):  # a Ray the driver started itself cannot grow
+        trial_resources(_spec(gpus_per_trial=1), "finetune", 1, [{"CPU": 2.0, "GPU": 0.0}], None, joined=False)
+    with pytest.raises(SpecError):  # an autoscaler that says it has no GPU type
+        trial_resources(_spec(gpus_per_trial=1), "finetune", 1, [HEAD],
+                        [{"name": "cpu", "CPU": 4.0, "GPU": 0.0, "max_count": 2}], joined=True)
+
+
 def test_auto_cpus_never_exceed_the_largest_node():
     from orchestrator.cluster import trial_resources
     from orchestrator.spec import SpecError
