@@ -87,6 +87,31 @@ def test_explicit_gpus_wait_for_an_autoscaler_that_does_not_report_its_node_type
                         [{"name": "cpu", "CPU": 4.0, "GPU": 0.0, "max_count": 2}], joined=True)
 
 
+def test_node_types_are_read_from_the_gcs_cluster_config(ray_env):
+    """What the autoscaler (v2) reports, written here in its own protobuf and KV slot, is what launch reads."""
+    import ray._raylet as raylet
+    from ray.core.generated import autoscaler_pb2
+    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
+
+    from orchestrator.cluster import autoscaler_node_types, shape
+
+    assert autoscaler_node_types() is None and shape()["joined"] is False  # the session's own Ray: no autoscaler
+    config = autoscaler_pb2.ClusterConfig()
+    head = config.node_group_configs.add(name="head", min_count=1, max_count=1)
+    head.resources["CPU"] = 0
+    gpu = config.node_group_configs.add(name="gpu", min_count=0, max_count=4)
+    gpu.resources.update({"CPU": 8, "GPU": 1})
+    config.node_group_configs.add(name="off", min_count=0, max_count=0).resources["CPU"] = 64
+    key, namespace = raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, raylet.GCS_AUTOSCALER_STATE_NAMESPACE
+    _internal_kv_put(key, config.SerializeToString(), namespace=namespace)
+    try:
+        assert autoscaler_node_types() == [{"name": "head", "CPU": 0.0, "GPU": 0.0, "max_count": 1},
+                                           {"name": "gpu", "CPU": 8.0, "GPU": 1.0, "max_count": 4}]
+    finally:  # other tests share this Ray: it must not look GPU-capable to them
+        _internal_kv_del(key, namespace=namespace)
+    assert autoscaler_node_types() is None
+
+
 def test_auto_cpus_never_exceed_the_largest_node():
     from orchestrator.cluster import trial_resources
     from orchestrator.spec import SpecError
