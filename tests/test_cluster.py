@@ -216,7 +216,10 @@ def _env(tmp_path, **extra) -> dict:
     home, scratch = tmp_path / "home", tmp_path / "scratch"
     home.mkdir(exist_ok=True)
     scratch.mkdir(exist_ok=True)
-    env = dict(os.environ, HOME=str(home), SRNET_CACHE=str(scratch), PYTHONPATH=REPO,
+    # no RAY_* from this process: a Ray started here (the ray_env fixture) sets RAY_AUTH_MODE=token in it,
+    # and a cluster started with that but no token never comes up
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env = dict(inherited, HOME=str(home), SRNET_CACHE=str(scratch), PYTHONPATH=REPO,
                RAY_TMPDIR=tempfile.mkdtemp(prefix="rc", dir="/tmp"),  # Ray's socket paths must stay short
                RAY_USAGE_STATS_ENABLED="0", RAY_DEDUP_LOGS="0", **extra)
     return env
