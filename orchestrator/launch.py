@@ -18,6 +18,7 @@ from rich.table import Table
 
 from workers.store import ArtifactStore
 
+from . import cluster as clusterlib
 from . import results
 from .plan import Node, Plan, build_plan, estimate_gpu_hours
 from .spec import SpecError, SweepSpec, load_spec
@@ -29,6 +30,8 @@ def node_payload(node: Node, store: ArtifactStore, resources: dict | None = None
     return {"key": node.key, "stage": node.stage, "stage_config": node.stage_config,
             "inputs": {name: [i.node.stage, i.node.key, i.filename] for name, i in node.inputs.items()},
             "artifact_root": store.root, "resources": resources or {},
+            # checked by the worker before it runs: same code, and the driver's store (not a node-local copy)
+            "versions": clusterlib.driver_versions(node.stage), "store_id": clusterlib.store_identity(store.root),
             "columns": {**node.columns, "upstream_keys": ",".join(u.key for u in node.upstream)}}
 
 
@@ -46,34 +49,33 @@ def print_plan(spec: SweepSpec, plan: Plan, complete: set[tuple[str, str]]) -> N
                   "GPU-hours on one A100/H100-class GPU per trial (planning estimate, see orchestrator/plan.py).")
 
 
-def node_resources(spec: SweepSpec, stage: str, n_trials: int, cluster: dict) -> dict:
-    """CPUs and GPUs of one trial: the stage's override, else the spec's per-trial values; "auto" GPUs = 1 when
-    the cluster has any, else 0. Asking for a GPU the cluster lacks fails now instead of pending forever."""
-    override = spec.resources.stages.get(stage)
-    cpus = override.cpus if override and override.cpus is not None else spec.resources.cpus_per_trial
-    gpus = override.gpus if override and override.gpus is not None else (
-        0.0 if stage == "bias_model" else spec.resources.gpus_per_trial)
-    have_gpu = cluster.get("GPU", 0) > 0
-    if gpus == "auto":
-        gpus = 1.0 if have_gpu else 0.0
-    elif gpus > 0 and not have_gpu:
-        field = f"resources.stages.{stage}.gpus" if override and override.gpus is not None else "resources.gpus_per_trial"
-        raise SpecError(f"field '{field}': {gpus} GPUs asked but the Ray cluster has none; use 'auto' to run on "
-                        "CPU when no GPU exists")
-    if cpus == "auto":  # share the cluster's CPUs among the wave's trials; a lone trial gets them all
-        cpus = max(1.0, float(int(cluster.get("CPU", 1) // max(1, n_trials))))
-    return {"cpu": float(cpus), "gpu": float(gpus)}
+def node_resources(spec: SweepSpec, stage: str, n_trials: int, cluster: dict | None = None) -> dict:
+    """CPUs and GPUs of one trial (orchestrator/cluster.py trial_resources). ``cluster``: a
+    ``clusterlib.shape()``, or a resource total such as ``ray.cluster_resources()`` taken as one node."""
+    if cluster is None:
+        cluster = clusterlib.shape()
+    if "nodes" not in cluster:
+        cluster = {"nodes": [{"CPU": float(cluster.get("CPU", 0)), "GPU": float(cluster.get("GPU", 0))}],
+                   "node_types": None}
+    return clusterlib.trial_resources(spec, stage, n_trials, cluster["nodes"], cluster["node_types"],
+                                      cluster.get("joined", False))
 
 
 def validate_resources(spec: SweepSpec, plan: Plan, todo: list[Node], cluster: dict) -> dict[str, dict]:
     """Every stage's trial resources, checked before anything runs (a GPU the cluster lacks fails now, for
     every stage at once rather than when its first node comes up). "auto" CPUs are shared among the trials
     that can run at once: the widest wave of remaining nodes (capped by max_concurrent_trials)."""
+    width = concurrent_width(spec, plan, todo)
+    return {stage: node_resources(spec, stage, width, cluster) for stage in plan.count_by_stage()}
+
+
+def concurrent_width(spec: SweepSpec, plan: Plan, todo: list[Node]) -> int:
+    """How many of the remaining nodes can run at once: the widest wave (capped by max_concurrent_trials)."""
     todo_keys = {n.key for n in todo}
     width = max((sum(n.key in todo_keys for n in wave) for wave in plan.waves()), default=1)
     if spec.resources.max_concurrent_trials:
         width = min(width, spec.resources.max_concurrent_trials)
-    return {stage: node_resources(spec, stage, max(1, width), cluster) for stage in plan.count_by_stage()}
+    return max(1, width)
 
 
 class RowPublisher:
@@ -134,7 +136,7 @@ def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, compl
     todo = [n for n in plan.nodes.values() if (n.stage, n.key) not in complete]
     if not todo and on_scheduler is None:
         return {}, [], set()
-    cluster = ray.cluster_resources()
+    cluster = clusterlib.shape()
     resources = validate_resources(spec, plan, todo, cluster)
 
     scheduler = DagScheduler(duration=node_seconds, keep_open=on_scheduler is not None)
@@ -200,7 +202,7 @@ def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, compl
         ),
         run_config=tune.RunConfig(
             name=f"{spec.name}-{int(time.time())}",
-            storage_path=os.path.join(os.path.abspath(spec.output_dir), "ray"),
+            storage_path=clusterlib.tune_storage(spec.output_dir, spec.name),
             failure_config=tune.FailureConfig(max_failures=1),
             callbacks=[TrackTrials()],
             verbose=1 if verbose else 0,
@@ -212,11 +214,18 @@ def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, compl
     saved = os.environ.get("RAY_AIR_NEW_OUTPUT")
     if not verbose:
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    # With a custom Searcher Tune keeps ONE pending trial unless told otherwise: ready nodes would then start one
+    # at a time and an autoscaler would see demand for one GPU at a time. Let as many be pending as can run.
+    saved_pending = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")
+    if saved_pending is None:
+        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(min(200, concurrent_width(spec, plan, todo)))
     try:
         with LiveProgress(plan, scheduler, gpus, console, every=every):
             tuner.fit()
     finally:
         publisher.close()
+        if saved_pending is None:
+            os.environ.pop("TUNE_MAX_PENDING_TRIALS_PG", None)
         if saved is None:
             os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
         else:
@@ -292,6 +301,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", help="sweep YAML (see sweeps/)")
     parser.add_argument("--address", help="Ray cluster address; default: start an embedded local Ray")
+    parser.add_argument("--output-dir", help="override the spec's output_dir: a directory every node shares or "
+                                             "an s3:// / gs:// URI (the usual choice on a cluster)")
+    parser.add_argument("--no-ship-code", action="store_true",
+                        help="with --address: use the code installed on the nodes (a pinned image) instead of "
+                             "shipping this checkout's packages; nodes still refuse a version mismatch")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit; touches no model")
     parser.add_argument("--status", action="store_true",
                         help="print the sweep's progress from its artifact store and results, and exit (works "
@@ -302,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec)
+        clusterlib.override_output_dir(spec, args.output_dir)
         plan = build_plan(spec)
         from .packing import check_packing, detect_gpu_memory  # a GPU fraction must fit its stage
 
@@ -329,9 +344,18 @@ def main(argv: list[str] | None = None) -> int:
     save_spec_copy(args.spec, spec)
     started_ray = not ray.is_initialized()  # reuse a Ray the caller already started (notebooks, tests)
     if started_ray and args.address:
-        ray.init(address=args.address, log_to_driver=args.verbose)
+        ray.init(address=args.address, log_to_driver=args.verbose,
+                 runtime_env=None if args.no_ship_code else clusterlib.runtime_env())
     elif started_ray:
         ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=args.verbose)
+    try:
+        # a multi-node cluster must share the store; paths the spec names must exist on every node
+        clusterlib.check_cluster(spec.artifact_root(), clusterlib.local_paths(spec), clusterlib.alive_nodes())
+    except clusterlib.ClusterError as err:
+        if started_ray:
+            ray.shutdown()
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        return 2
     try:
         # a node that is not complete runs; one interrupted mid-training resumes from its checkpoint
         errors, publish_failures, finished = run_plan(spec, plan, store, root, complete, verbose=args.verbose)
@@ -347,15 +371,16 @@ def main(argv: list[str] | None = None) -> int:
     collect(plan, store, root, errors, complete | finished)  # no second listing of the store
     frame = results.load(root, sweep=spec.name)
     console.print(summarize(frame))
-    out_dir = os.path.abspath(spec.output_dir)
+    out_dir = clusterlib.local_output_dir(spec.output_dir, spec.name)
     if not args.no_figure:
         from .figures import metric_vs_sparsity
         png = metric_vs_sparsity(frame[frame["status"] == "completed"], os.path.join(out_dir, f"{spec.name}_sparsity.png"))
         console.print(f"figure: {png}")
     if not args.no_report:
         from .report import build_report
-        report = build_report(root, sweep=spec.name, masks="://" not in spec.artifact_root())
+        report = build_report(root, out=os.path.join(out_dir, "report"), sweep=spec.name, masks="://" not in spec.artifact_root())
         console.print(f"report: {report.path} ({len(report.figures)} figures)")
+    clusterlib.upload_outputs(out_dir, spec.output_dir)
     console.print(f"results: {root}  ({len(frame)} rows, {time.time() - started:.0f} s)")
     skipped = {k: m for k, m in errors.items() if m.startswith("skipped")}
     for key, message in errors.items():
@@ -370,7 +395,7 @@ def save_spec_copy(path: str, spec: SweepSpec) -> None:
     """The spec as run, next to its results (the report embeds it)."""
     from srnet_core.io import atomic_path
 
-    target = os.path.join(os.path.abspath(spec.output_dir), f"{spec.name}.spec.yaml")
+    target = os.path.join(clusterlib.local_output_dir(spec.output_dir, spec.name), f"{spec.name}.spec.yaml")
     with open(path) as f:
         text = f.read()
     with atomic_path(target) as tmp:

@@ -45,7 +45,7 @@ COLUMNS: dict[str, pa.DataType] = {
     "metric": pa.string(), "value": pa.float64(), "selected": pa.bool_(), "measured_sparsity": pa.float64(),
     "started_at": _TIMESTAMP, "ended_at": _TIMESTAMP, "wall_seconds": pa.float64(), "gpu_hours": pa.float64(),
     "gpus_used": pa.float64(), "code_version": pa.string(), "hostname": pa.string(), "gpu_type": pa.string(),
-    "torch_version": pa.string(),
+    "torch_version": pa.string(), "ray_node_id": pa.string(), "node_ip": pa.string(),
 }
 REQUIRED = ["node_key", "stage", "status", "metric", "value", "step", "eval_dataset", "selected", *PARTITIONS]
 # One row per (node, sparsity level, eval step, eval dataset, metric); IMP writes several levels per node.
@@ -63,7 +63,7 @@ CURVE_BY = ["task", "backbone", "paradigm", "method", "loss", *DESIGN_COLUMNS]
 _SEED_COLUMNS = {"seed", "cfg.seed", "cfg.train.seed"}
 # Columns that legitimately differ between the seeds of one curve point (outputs, timing, provenance).
 _PER_RUN = {"node_key", "value", "step", "epoch", "selected", "measured_sparsity", "status", "error",
-            *PROVENANCE, *_SEED_COLUMNS}
+            *PROVENANCE, *_SEED_COLUMNS, "ray_node_id", "node_ip"}
 
 
 # -- writing ------------------------------------------------------------------------------------------------

@@ -201,7 +201,7 @@ class Resources(_Strict):
 
 class SweepSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    output_dir: str  # relative paths are relative to the working directory of `launch`
+    output_dir: str  # a directory (relative: to the working directory of `launch`) or a URI (s3://bucket/x)
     # Where stage artifacts live: a directory or a pyarrow URI (s3://, gs://, file:///nfs/...). Sweeps that
     # share a store share their work: a node finished by one sweep is reused by any other. Default:
     # <output_dir>/artifacts.
@@ -260,6 +260,20 @@ class SweepSpec(_Strict):
                 raise ValueError(f"grid.backbones: model directory '{backbone}' does not exist")
         return self
 
+    @model_validator(mode="after")
+    def _absolute_paths(self):
+        # Resolved here, on the driver: a Tune trial runs in its own working directory on another machine.
+        # URIs (s3://, gs://, file://...) pass through unchanged.
+        def resolve(path):
+            return path if path is None or "://" in path else os.path.abspath(os.path.expanduser(path))
+
+        self.output_dir = resolve(self.output_dir)
+        self.artifact_store = resolve(self.artifact_store)
+        self.data_dir = resolve(self.data_dir)
+        self.grid.backbones = [resolve(b) if b.startswith(("/", "./", "../", "~")) else b
+                               for b in self.grid.backbones]
+        return self
+
     def train_config(self, stage: str, task: str, seed: int) -> dict:
         """The TrainConfig of a stage kind for a task: the stage section, then the task's overrides."""
         from dataclasses import asdict
@@ -274,10 +288,13 @@ class SweepSpec(_Strict):
     def artifact_root(self) -> str:
         if self.artifact_store:
             return self.artifact_store if "://" in self.artifact_store else os.path.abspath(self.artifact_store)
+        if "://" in self.output_dir:  # s3://bucket/x -> s3://bucket/x/artifacts (not a local "s3:" folder)
+            return self.output_dir.rstrip("/") + "/artifacts"
         return os.path.join(os.path.abspath(self.output_dir), "artifacts")
 
     def resolved_data_dir(self) -> str | None:
-        return self.data_dir or os.environ.get("SRNET_DATA_DIR")
+        env = os.environ.get("SRNET_DATA_DIR")
+        return self.data_dir or (os.path.abspath(os.path.expanduser(env)) if env else None)
 
 
 def _one_line(err: ValidationError, source: str) -> str:

@@ -54,6 +54,8 @@ def config_columns(stage_config: dict, prefix: str = "cfg.") -> dict:
 def run_node(node: dict, report=None) -> str:
     """Run a node (inside Tune or not), resuming from its checkpoint; returns its local artifact directory.
     Idempotent once complete. ``report(record)`` sees every evaluation."""
+    check_versions(node)
+    check_store(node)
     store = ArtifactStore(node["artifact_root"])
     stage, key = node["stage"], node["key"]
     out_dir = store.node_dir(stage, key)
@@ -88,6 +90,52 @@ def run_node(node: dict, report=None) -> str:
     store.mark_complete(stage, key, {"node": node, "wall_seconds": ended - started, **provenance(),
                                      "checkpoint_seconds": writer.summary()})
     return out_dir
+
+
+def check_versions(node: dict) -> None:
+    """Refuse a node planned by a driver running other code: its key embeds the driver's STAGE_VERSION, and
+    its artifacts must come from the code the driver planned with. ``node["versions"]`` is set by the driver."""
+    expected = node.get("versions")
+    if not expected:
+        return
+    from srnet_core.stages import STAGE_VERSION
+
+    from .provenance import code_digest
+
+    mine = {"stage_version": STAGE_VERSION.get(node["stage"]), "code": code_digest()}
+    if mine != expected:
+        import socket
+
+        raise RuntimeError(
+            f"node {node['key']} refused on {socket.gethostname()}: this worker runs {node['stage']} stage version "
+            f"{mine['stage_version']} with code {mine['code']}, the driver planned it with stage version "
+            f"{expected.get('stage_version')} and code {expected.get('code')}; launch ships its code unless "
+            "--no-ship-code is given, so run every node from the same image or drop --no-ship-code")
+
+
+def check_store(node: dict) -> None:
+    """Refuse a node when this worker does not see the driver's artifact store: ``<root>/_store.json`` (written
+    by the driver, orchestrator/cluster.py) must hold the id in ``node["store_id"]``. Catches a node-local
+    directory on a node that joined after the launch-time probe (autoscaling)."""
+    expected = node.get("store_id")
+    if not expected:
+        return
+    import pyarrow.fs as pafs
+
+    root = node["artifact_root"]
+    fs, base = pafs.FileSystem.from_uri(root) if "://" in root else (pafs.LocalFileSystem(), root)
+    try:
+        with fs.open_input_stream(base.rstrip("/") + "/_store.json") as f:
+            seen = json.loads(f.read()).get("id")
+    except FileNotFoundError:
+        seen = None
+    if seen != expected:
+        import socket
+
+        raise RuntimeError(
+            f"node {node['key']} refused on {socket.gethostname()}: the artifact store '{root}' is not shared with "
+            f"this node ({'no' if seen is None else 'another'} store identity file there); set artifact_store (or "
+            "output_dir) to a filesystem every node mounts at the same path, or to an s3:// or gs:// URI")
 
 
 def result_frame(node: dict, rows: list[dict], started: float, ended: float) -> pd.DataFrame:

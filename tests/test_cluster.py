@@ -1,0 +1,442 @@
+"""Multi-node Ray: trial sizes on autoscaling clusters, paths resolved on the driver, the worker's version check,
+the shared-store probe, and a sweep on a 3-node cluster (CPU-only head + 2 workers) whose artifacts and results
+live in an S3 server (moto) reached over HTTP through pyarrow.
+
+The clusters run on this one machine, started by a helper process (``python tests/test_cluster.py serve``) with
+``ray.cluster_utils.Cluster``, so the pytest process never connects to them (the session's embedded Ray, if
+any, is left alone); sweeps run through the real CLI in a subprocess. "Not shared" is real, not mocked: the
+extra worker node runs in its own mount namespace (``unshare -m``) with an empty tmpfs mounted over the store
+directory, so a file the driver writes there does not exist for that node, as on a machine with its own disk.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+import yaml
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+
+BASE = {"name": "c", "output_dir": "out",
+        "grid": {"tasks": ["synthetic"], "backbones": ["tiny-bert"], "sparsities": [0.5], "seeds": [0]}}
+
+
+# -- trial sizes ------------------------------------------------------------------------------------------
+
+def _spec(**resources):
+    from orchestrator.spec import parse_spec
+
+    return parse_spec({**copy.deepcopy(BASE), "resources": resources})
+
+
+HEAD = {"CPU": 0.0, "GPU": 0.0}  # the manifests' head: CPU 0, runs no trial
+
+
+def test_auto_gpus_come_from_the_autoscalers_node_types():
+    from orchestrator.cluster import trial_resources
+    from orchestrator.spec import SpecError
+
+    gpu_type = {"name": "gpu", "CPU": 8.0, "GPU": 1.0, "max_count": 4}
+    cpu_type = {"name": "cpu", "CPU": 16.0, "GPU": 0.0, "max_count": 2}
+    # no worker is up yet: "auto" still asks for a GPU (the autoscaler starts one) and the CPUs of that type
+    assert trial_resources(_spec(), "finetune", 1, [HEAD], [cpu_type, gpu_type]) == {"cpu": 8.0, "gpu": 1.0}
+    assert trial_resources(_spec(), "finetune", 8, [HEAD], [cpu_type, gpu_type]) == {"cpu": 8.0, "gpu": 1.0}
+    # (4 x 8 + 2 x 16) CPUs reachable / 16 trials = 4
+    assert trial_resources(_spec(), "finetune", 16, [HEAD], [cpu_type, gpu_type]) == {"cpu": 4.0, "gpu": 1.0}
+    assert trial_resources(_spec(), "bias_model", 1, [HEAD], [cpu_type, gpu_type]) == {"cpu": 16.0, "gpu": 0.0}
+    # an explicit GPU passes through: the autoscaler sees the demand
+    assert trial_resources(_spec(gpus_per_trial=1, cpus_per_trial=2), "finetune", 1, [HEAD], [gpu_type]) == \
+        {"cpu": 2.0, "gpu": 1.0}
+    # no GPU anywhere, now or after scaling: "auto" is CPU, an explicit GPU fails at once naming the field
+    assert trial_resources(_spec(), "finetune", 1, [HEAD], [cpu_type]) == {"cpu": 16.0, "gpu": 0.0}
+    with pytest.raises(SpecError, match=r"'resources.gpus_per_trial': 1.0 GPUs asked but no Ray node"):
+        trial_resources(_spec(gpus_per_trial=1), "finetune", 1, [HEAD], [cpu_type])
+    with pytest.raises(SpecError, match=r"'resources.gpus_per_trial'"):
+        trial_resources(_spec(gpus_per_trial=1), "finetune", 1, [HEAD, {"CPU": 4.0, "GPU": 0.0}], None)
+
+
+def test_explicit_gpus_wait_for_an_autoscaler_that_does_not_report_its_node_types(capsys):
+    from orchestrator.cluster import trial_resources
+    from orchestrator.spec import SpecError
+
+    # autoscaler v1 reports no node types: on a cluster the driver joined, an explicit ask passes, with a warning
+    spec = _spec(gpus_per_trial=1, cpus_per_trial=6)
+    assert trial_resources(spec, "finetune", 1, [HEAD], None, joined=True) == {"cpu": 6.0, "gpu": 1.0}
+    assert "warning: field 'resources.gpus_per_trial': 1.0 GPUs asked and no Ray node has one now" in \
+        capsys.readouterr().err
+    assert trial_resources(_spec(gpus_per_trial=1), "finetune", 4, [HEAD], None, joined=True) == \
+        {"cpu": 1.0, "gpu": 1.0}
+    assert trial_resources(_spec(), "finetune", 1, [HEAD, {"CPU": 2.0, "GPU": 0.0}], None, joined=True) == \
+        {"cpu": 2.0, "gpu": 0.0}  # "auto" never assumes a GPU it cannot see
+    with pytest.raises(SpecError):  # a Ray the driver started itself cannot grow
+        trial_resources(_spec(gpus_per_trial=1), "finetune", 1, [{"CPU": 2.0, "GPU": 0.0}], None, joined=False)
+    with pytest.raises(SpecError):  # an autoscaler that says it has no GPU type
+        trial_resources(_spec(gpus_per_trial=1), "finetune", 1, [HEAD],
+                        [{"name": "cpu", "CPU": 4.0, "GPU": 0.0, "max_count": 2}], joined=True)
+
+
+def test_node_types_are_read_from_the_gcs_cluster_config(ray_env):
+    """What the autoscaler (v2) reports, written here in its own protobuf and KV slot, is what launch reads."""
+    import ray._raylet as raylet
+    from ray.core.generated import autoscaler_pb2
+    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
+
+    from orchestrator.cluster import autoscaler_node_types, shape
+
+    assert autoscaler_node_types() is None and shape()["joined"] is False  # the session's own Ray: no autoscaler
+    config = autoscaler_pb2.ClusterConfig()
+    head = config.node_group_configs.add(name="head", min_count=1, max_count=1)
+    head.resources["CPU"] = 0
+    gpu = config.node_group_configs.add(name="gpu", min_count=0, max_count=4)
+    gpu.resources.update({"CPU": 8, "GPU": 1})
+    config.node_group_configs.add(name="off", min_count=0, max_count=0).resources["CPU"] = 64
+    key, namespace = raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, raylet.GCS_AUTOSCALER_STATE_NAMESPACE
+    _internal_kv_put(key, config.SerializeToString(), namespace=namespace)
+    try:
+        assert autoscaler_node_types() == [{"name": "head", "CPU": 0.0, "GPU": 0.0, "max_count": 1},
+                                           {"name": "gpu", "CPU": 8.0, "GPU": 1.0, "max_count": 4}]
+    finally:  # other tests share this Ray: it must not look GPU-capable to them
+        _internal_kv_del(key, namespace=namespace)
+    assert autoscaler_node_types() is None
+
+
+def test_auto_cpus_never_exceed_the_largest_node():
+    from orchestrator.cluster import trial_resources
+    from orchestrator.spec import SpecError
+
+    nodes = [HEAD, {"CPU": 4.0, "GPU": 0.0}, {"CPU": 4.0, "GPU": 0.0}]
+    # 8 CPUs in all, but a lone trial can only ever get one node's 4 (asking 8 would pend forever)
+    assert trial_resources(_spec(), "finetune", 1, nodes, None) == {"cpu": 4.0, "gpu": 0.0}
+    assert trial_resources(_spec(), "finetune", 3, nodes, None) == {"cpu": 2.0, "gpu": 0.0}
+    assert trial_resources(_spec(), "finetune", 100, nodes, None) == {"cpu": 1.0, "gpu": 0.0}
+    with pytest.raises(SpecError, match=r"'resources.cpus_per_trial': 6.0 CPUs asked but the largest node .* 4"):
+        trial_resources(_spec(cpus_per_trial=6), "finetune", 1, nodes, None)
+    # a GPU trial is sized by the GPU nodes, not by a bigger CPU-only node
+    mixed = [HEAD, {"CPU": 32.0, "GPU": 0.0}, {"CPU": 6.0, "GPU": 2.0}]
+    assert trial_resources(_spec(), "finetune", 1, mixed, None) == {"cpu": 6.0, "gpu": 1.0}
+
+
+# -- paths and versions -----------------------------------------------------------------------------------
+
+def test_relative_data_dir_is_resolved_on_the_driver(data_dir, tmp_path, monkeypatch):
+    from orchestrator.plan import build_plan
+    from orchestrator.spec import load_spec
+    from srnet_core.tasks import get_task
+
+    (tmp_path / "project").mkdir()
+    os.symlink(data_dir, tmp_path / "data")
+    spec_file = tmp_path / "project" / "s.yaml"
+    spec_file.write_text(yaml.safe_dump({**BASE, "data_dir": "../data", "output_dir": "out",
+                                         "grid": {**BASE["grid"], "tasks": ["mnli"]}}))
+    monkeypatch.chdir(tmp_path / "project")
+    spec = load_spec("s.yaml")
+    assert spec.data_dir == str(tmp_path / "data") and spec.output_dir == str(tmp_path / "project" / "out")
+    plan = build_plan(spec)
+    monkeypatch.chdir(tmp_path)  # a trial runs elsewhere: its working directory is Tune's trial dir
+    (elsewhere := tmp_path / "trial").mkdir()
+    monkeypatch.chdir(elsewhere)
+    dirs = {n.stage_config["data_dir"] for n in plan.nodes.values()}
+    assert dirs == {str(tmp_path / "data")}
+    task = get_task("mnli", data_dir=dirs.pop())
+    assert len(task.load(task.id_eval_splits[0])) > 1000
+
+
+def test_worker_refuses_a_node_planned_with_other_code(tmp_path):
+    from orchestrator.cluster import driver_versions
+    from workers.trainable import check_versions, run_node
+
+    node = {"key": "k" * 16, "stage": "finetune", "stage_config": {}, "artifact_root": str(tmp_path / "store"),
+            "versions": {**driver_versions("finetune"), "code": "0123456789ab"}}
+    with pytest.raises(RuntimeError, match=r"refused on .* code [0-9a-f]{12}, the driver planned it with stage "
+                                           r"version 1 and code 0123456789ab"):
+        run_node(node)
+    assert not (tmp_path / "store").exists()  # refused before touching the store
+    node["versions"] = {**driver_versions("finetune"), "stage_version": "0"}
+    with pytest.raises(RuntimeError, match="stage version 0"):
+        check_versions(node)
+    node["versions"] = driver_versions("finetune")
+    check_versions(node)  # the same code passes
+
+
+def test_worker_refuses_a_node_when_it_does_not_see_the_drivers_store(tmp_path):
+    from orchestrator.cluster import store_identity
+    from workers.trainable import check_store, run_node
+
+    driver = tmp_path / "driver-store"
+    sid = store_identity(str(driver))
+    assert len(sid) == 32 and store_identity(str(driver)) == sid  # written once, then read back
+    node = {"key": "k" * 16, "stage": "finetune", "stage_config": {}, "artifact_root": str(tmp_path / "local"),
+            "store_id": sid}
+    with pytest.raises(RuntimeError, match=r"refused on .*: the artifact store '.*local' is not shared with this "
+                                           r"node \(no store identity file there\)"):
+        run_node(node)
+    assert not (tmp_path / "local").exists()
+    store_identity.cache_clear()
+    store_identity(str(tmp_path / "local"))  # another store with its own id
+    with pytest.raises(RuntimeError, match=r"\(another store identity file there\)"):
+        check_store(node)
+    check_store({**node, "artifact_root": str(driver)})
+
+
+# -- clusters on this machine -----------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kill(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop a process we started in its own session, and everything it started."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError):  # children (raylet, workers) that outlived the leader
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def _env(tmp_path, **extra) -> dict:
+    home, scratch = tmp_path / "home", tmp_path / "scratch"
+    home.mkdir(exist_ok=True)
+    scratch.mkdir(exist_ok=True)
+    # no RAY_* from this process: a Ray started here (the ray_env fixture) sets RAY_AUTH_MODE=token in it,
+    # and a cluster started with that but no token never comes up
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env = dict(inherited, HOME=str(home), SRNET_CACHE=str(scratch), PYTHONPATH=REPO,
+               RAY_TMPDIR=tempfile.mkdtemp(prefix="rc", dir="/tmp"),  # Ray's socket paths must stay short
+               RAY_USAGE_STATS_ENABLED="0", RAY_DEDUP_LOGS="0", **extra)
+    return env
+
+
+@contextlib.contextmanager
+def ray_cluster(env: dict, workers: list[dict]):
+    """A head with ``CPU: 0`` plus ``workers`` (Cluster.add_node kwargs), served by a helper process."""
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "serve", json.dumps(workers)], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the Ray cluster helper exited before the cluster was up")
+        yield json.loads(line)
+    finally:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()  # the helper shuts the cluster down
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        _kill(proc)
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+
+
+def _serve(workers: list[dict]) -> None:
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        nodes = [cluster.add_node(**w) for w in workers]
+        cluster.wait_for_nodes()
+        print(json.dumps({"address": cluster.address, "head": cluster.head_node.node_id,
+                          "workers": [n.node_id for n in nodes]}), flush=True)
+        sys.stdin.read()  # until the test closes our stdin
+    finally:
+        cluster.shutdown()
+
+
+def _wait_for_nodes(env: dict, address: str, count: int, timeout: float = 120.0) -> None:
+    code = ("import ray,sys,time; ray.init(address=sys.argv[1], logging_level='ERROR'); t=time.time()\n"
+            "while sum(n['Alive'] for n in ray.nodes()) < int(sys.argv[2]) and time.time()-t < float(sys.argv[3]):"
+            " time.sleep(0.5)\nsys.exit(0 if sum(n['Alive'] for n in ray.nodes()) >= int(sys.argv[2]) else 1)")
+    subprocess.run([sys.executable, "-c", code, address, str(count), str(timeout)], env=env, check=True,
+                   timeout=timeout + 60, capture_output=True)
+
+
+def _launch(env: dict, cwd, *args, timeout=900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator.launch", *args], cwd=cwd, env=env, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def _can_unshare() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_unshare(), reason="needs `unshare -m` (root or user namespaces) to give one node "
+                                                "its own filesystem view")
+def test_non_shared_store_and_driver_only_paths_fail_at_launch(tmp_path):
+    env = _env(tmp_path)
+    hidden = tmp_path / "driver-only"  # the second node sees an empty disk here: its store and data are not ours
+    store, data = hidden / "store", hidden / "data"
+    store.mkdir(parents=True)
+    data.mkdir()
+    shared_store = tmp_path / "shared-store"
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({**BASE, "output_dir": str(tmp_path / "out"), "artifact_store": str(store),
+                                    "resources": {"cpus_per_trial": 1}}))
+    spec2 = tmp_path / "s2.yaml"
+    spec2.write_text(yaml.safe_dump({**BASE, "output_dir": str(tmp_path / "out"), "data_dir": str(data),
+                                     "artifact_store": str(shared_store), "resources": {"cpus_per_trial": 1}}))
+    (cwd := tmp_path / "cwd").mkdir()
+    late = tmp_path / "late.yaml"  # the probe cannot see a node that joins after it: the worker itself refuses
+    late.write_text(yaml.safe_dump({**BASE, "output_dir": str(tmp_path / "late"), "artifact_store": str(store),
+                                    "resources": {"cpus_per_trial": 1}}))
+    with ray_cluster(env, []) as info:
+        # the head alone (CPU 0): the launch passes the probe and its first trial waits for a node to join
+        pending = subprocess.Popen([sys.executable, "-m", "orchestrator.launch", str(late), "--address",
+                                    info["address"], "--no-ship-code", "--no-figure", "--no-report"], cwd=cwd,
+                                   env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        head = []
+        for line in pending.stdout:  # connected; then it probes the one node and submits its first trial
+            head.append(line)
+            if "Connected to Ray cluster" in line:
+                break
+        time.sleep(5)
+        node = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c",
+             f'mount -t tmpfs tmpfs "{hidden}" && exec "{RAY}" start --block --address={info["address"]} '
+             '--num-cpus=1 --disable-usage-stats'],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            _wait_for_nodes(env, info["address"], 2)
+            late_out = "".join(head) + pending.communicate(timeout=300)[0]
+            run = _launch(env, cwd, str(spec), "--address", info["address"], "--no-ship-code", timeout=300)
+            run2 = _launch(env, cwd, str(spec2), "--address", info["address"], "--no-ship-code", timeout=300)
+        finally:
+            _kill(node, grace=5)
+            _kill(pending, grace=5)
+    assert pending.returncode == 1, late_out[-3000:]
+    flat = " ".join(late_out.split())  # rich wraps long lines of a non-terminal at 140 columns
+    assert re.search(r"failed node [0-9a-f]{16}: RuntimeError: node [0-9a-f]{16} refused on \S+: the artifact store "
+                     + re.escape(f"'{store}' is not shared with this node (no store identity file there)"), flat)
+    assert not os.path.exists(store / "finetune")  # on the driver's disk: nothing was written by that node
+    for r in (run, run2):
+        assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "Traceback" not in r.stdout + r.stderr
+    errors = [line for line in run.stdout.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert f"error: artifact store '{store}' is not shared: node(s) " in errors[0]
+    assert "of this 2-node cluster cannot read a file the driver wrote there; set artifact_store" in errors[0]
+    # nothing ran: no stage directory, and the probe file is gone
+    assert [p.name for p in store.iterdir()] == ["_store.json"]
+    assert not os.path.exists(tmp_path / "out" / "results")
+    # a store every node shares, but a data_dir only the driver has
+    errors = [line for line in run2.stdout.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: field 'data_dir': '{data}' exists on the driver but "
+                                                     "not on node ")
+    assert [p.name for p in shared_store.iterdir()] == ["_store.json"]
+
+
+@pytest.fixture
+def s3_server(tmp_path):
+    """moto's standalone S3 server on 127.0.0.1; endpoint and dummy credentials as environment variables,
+    which pyarrow's S3 filesystem reads (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)."""
+    pytest.importorskip("moto.server", reason="moto[server] is in the dev extra")
+    import pyarrow.fs as pafs
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto server did not start")
+                time.sleep(0.2)
+        env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+        pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1", scheme="http",
+                          endpoint_override=f"127.0.0.1:{port}", allow_bucket_creation=True).create_dir("sweeps")
+        yield env
+    finally:
+        _kill(proc, grace=5)
+
+
+def _s3_files(prefix: str) -> dict[str, float]:
+    import pyarrow.fs as pafs
+
+    fs, base = pafs.FileSystem.from_uri(prefix)
+    infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+    return {i.path.removeprefix(base + "/"): i.mtime_ns for i in infos if i.type == pafs.FileType.File}
+
+
+@pytest.mark.slow
+def test_sweep_on_a_multi_node_cluster_with_an_s3_store(tmp_path, s3_server, monkeypatch):
+    from orchestrator import results
+
+    for k, v in s3_server.items():
+        monkeypatch.setenv(k, v)
+    env = _env(tmp_path, **s3_server)
+    spec = tmp_path / "specs" / "s3.yaml"
+    spec.parent.mkdir()
+    out = "s3://sweeps/cluster"
+    spec.write_text(yaml.safe_dump({
+        **BASE, "name": "s3", "output_dir": out, "max_length": 32,
+        "grid": {**BASE["grid"], "sparsities": [0.5, 0.9]},  # two mask nodes run at once: on two nodes
+        "task_options": {"synthetic": {"n_train": 64, "n_dev": 32, "n_ood": 32}},
+        "finetune": {"lr": 1e-3, "epochs": 1, "batch_size": 32, "eval_every": 2},
+        # long enough (evals at steps 0 and 600 only) that the two mask nodes overlap: a sub-second node would
+        # end before a second actor starts, and Tune would reuse the first node's actor for both
+        "mask_train": {"lr": 1e-3, "max_steps": 600, "batch_size": 32, "eval_every": 600},
+        "resources": {"cpus_per_trial": 1}}))
+    (cwd := tmp_path / "cwd").mkdir()
+    workers = [{"num_cpus": 1, "resources": {"w1": 1}}, {"num_cpus": 1, "resources": {"w2": 1}}]
+    with ray_cluster(env, workers) as info:
+        run = _launch(env, cwd, str(spec), "--address", info["address"], "--no-report")
+        assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+        files = _s3_files(out)
+        frame = results.load(out)
+        again = _launch(env, cwd, str(spec), "--address", info["address"], "--no-report", "--no-figure")
+        assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    # the relaunch ran no node: every artifact, marker and results file is the one the first launch wrote
+    stored = {p: t for p, t in files.items() if p.startswith(("artifacts/", "results/"))}
+    assert {p: t for p, t in _s3_files(out).items() if p.startswith(("artifacts/", "results/"))} == stored
+    assert len(results.load(out)) == len(frame)
+
+    # 3 nodes (dense fine-tune + 2 sparsities) x 2 evals (steps 0 and the last) x 2 splits x 3 metrics, all on workers
+    assert len(frame) == 3 * 2 * 2 * 3 and (frame["status"] == "completed").all()
+    by_node = frame.groupby("node_key")["ray_node_id"].unique()
+    assert all(len(ids) == 1 for ids in by_node)
+    ids = {ids[0] for ids in by_node}
+    assert len(ids) >= 2 and ids <= set(info["workers"]) and info["head"] not in ids
+    assert frame["hostname"].eq(socket.gethostname()).all() and frame["node_ip"].str.len().gt(0).all()
+
+    # everything landed in the bucket: artifacts with completion markers, results, spec copy and figure
+    markers = [p for p in files if p.startswith("artifacts/") and p.endswith("/_COMPLETE.json")]
+    assert len(markers) == 3 and {p.split("/")[1] for p in markers} == {"finetune", "mask_train"}
+    assert len([p for p in files if p.startswith("results/") and p.endswith(".parquet")]) == 3
+    assert {"s3.spec.yaml", "s3_sparsity.png"} <= set(files)
+    assert {p for p in files if p.startswith("artifacts/") and p.count("/") < 3} == {"artifacts/_store.json"}
+    # nothing written outside the store and the machine's scratch space (no local "s3:" folder either)
+    assert list(cwd.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "home", "scratch", "specs"]
+    assert [p.name for p in (tmp_path / "specs").iterdir()] == ["s3.yaml"]
+    home_files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "home") for f in fs]
+    assert not [f for f in home_files if "artifacts" in f or f.endswith((".parquet", ".safetensors"))]
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "serve":
+    _serve(json.loads(sys.argv[2]))
