@@ -16,9 +16,9 @@ from rich.table import Table
 
 from workers.store import ArtifactStore
 
-from . import results
+from . import failures, results
 from .plan import Node, Plan, build_plan, estimate_gpu_hours
-from .spec import SpecError, SweepSpec, load_spec
+from .spec import SpecError, SweepSpec, load_spec, preflight
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 
@@ -105,7 +105,8 @@ def run_wave(spec: SweepSpec, nodes: list[Node], store: ArtifactStore, wave: int
         run_config=tune.RunConfig(
             name=f"wave{wave}-{int(time.time())}",
             storage_path=os.path.join(os.path.abspath(spec.output_dir), "ray"),
-            failure_config=tune.FailureConfig(max_failures=1),
+            # a retried trial resumes its node from the last checkpoint in the store
+            failure_config=tune.FailureConfig(max_failures=spec.resources.max_retries),
             callbacks=[PublishRows()],
             verbose=1,
         ),
@@ -115,7 +116,7 @@ def run_wave(spec: SweepSpec, nodes: list[Node], store: ArtifactStore, wave: int
     for result in grid:
         key = result.config["node"]["key"]
         if result.error is not None:
-            errors[key] = str(result.error).strip().splitlines()[-1][:500]
+            errors[key] = failures.reason_of(result.error)
     return errors
 
 
@@ -173,10 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec)
+        preflight(spec, args.spec, local_ray=not args.address)  # what a launch would refuse, before Ray starts
     except SpecError as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         return 2
-    store = ArtifactStore(spec.artifact_root())
+    try:
+        store = ArtifactStore(spec.artifact_root())
+    except Exception as err:  # noqa: BLE001 - pyarrow's errors for a store it cannot open: one line, exit 2
+        console.print(f"[bold red]error:[/] {args.spec}: field 'artifact_store': cannot open "
+                      f"'{spec.artifact_root()}': {' '.join(str(err).split())[:300]}", highlight=False, soft_wrap=True)
+        return 2
     try:
         plan = build_plan(spec)
     except SpecError as err:
@@ -195,14 +202,18 @@ def main(argv: list[str] | None = None) -> int:
     started_ray = not ray.is_initialized()  # reuse a Ray the caller already started (notebooks, tests)
     if started_ray and args.address:
         ray.init(address=args.address, log_to_driver=True)
-    elif started_ray:
-        ray.init(include_dashboard=False, logging_level="WARNING")
+    elif started_ray:  # no dashboard; Ray's own servers on the loopback interface only
+        ray.init(include_dashboard=False, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
+                 logging_level="WARNING")
     try:
+        published = _published_keys(root)
+        for key, problem in failures.verify_inputs(plan, store, published).items():
+            console.print(f"[yellow]re-running {plan.nodes[key].stage} {key}:[/] {problem}", highlight=False)
         for index, wave in enumerate(plan.waves()):
             blocked = [n for n in wave if any(u.key in errors or not store.is_complete(u.stage, u.key)
                                               for u in n.upstream)]
             for node in blocked:
-                errors[node.key] = "skipped: an upstream node failed"
+                errors[node.key] = failures.skip_reason(node, errors) or "skipped: an upstream node is not complete"
             # a node that is not complete re-runs; one interrupted mid-training resumes from its checkpoint
             todo = [n for n in wave if n not in blocked and not store.is_complete(n.stage, n.key)]
             if todo:
@@ -229,9 +240,17 @@ def main(argv: list[str] | None = None) -> int:
         report = build_report(root, sweep=spec.name, masks="://" not in spec.artifact_root())
         console.print(f"report: {report.path} ({len(report.figures)} figures)")
     console.print(f"results: {root}  ({len(frame)} rows, {time.time() - started:.0f} s)")
-    for key, message in errors.items():
-        console.print(f"[red]failed node {key}:[/] {message}", highlight=False)
+    if errors:
+        console.print(failures.failure_table(plan, errors))
     return 1 if errors else 0
+
+
+def _published_keys(root: str) -> set[str]:
+    try:
+        existing = results.load(root, columns=["node_key", "status"])
+    except FileNotFoundError:
+        return set()
+    return set(existing.loc[existing["status"] == "completed", "node_key"])
 
 
 def save_spec_copy(path: str, spec: SweepSpec) -> None:
