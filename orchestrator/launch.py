@@ -202,9 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     started_ray = not ray.is_initialized()  # reuse a Ray the caller already started (notebooks, tests)
     if started_ray and args.address:
         ray.init(address=args.address, log_to_driver=True)
-    elif started_ray:  # no dashboard; Ray's own servers on the loopback interface only
-        ray.init(include_dashboard=False, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
-                 logging_level="WARNING")
+    elif started_ray:  # no dashboard (were one enabled, it would listen on the loopback interface only)
+        ray.init(include_dashboard=False, dashboard_host="127.0.0.1", logging_level="WARNING")
     try:
         published = _published_keys(root)
         for key, problem in failures.verify_inputs(plan, store, published).items():

@@ -58,6 +58,21 @@ def cached_sha256(path: str) -> str:
     return digest
 
 
+def _lease_dead(lease: dict) -> bool:
+    """Expired, or held by a process of this machine that no longer exists (a killed driver's trial): then
+    it is taken over at once instead of after its expiry."""
+    if lease.get("expires", 0) <= time.time():
+        return True
+    if lease.get("host") == socket.gethostname() and isinstance(lease.get("pid"), int):
+        try:
+            os.kill(lease["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, another user's
+    return False
+
+
 def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -332,7 +347,7 @@ class ArtifactStore:
         lease = {"owner": owner, "token": uuid.uuid4().hex, "expires": time.time() + ttl, "ttl": ttl,
                  "host": socket.gethostname(), "pid": os.getpid()}
         current = self.read_lease(stage, key)
-        if current is not None and current.get("owner") != owner and current.get("expires", 0) > time.time():
+        if current is not None and current.get("owner") != owner and not _lease_dead(current):
             return None
         if current is not None:
             # expired or ours: move it aside atomically so exactly one contender gets to create the new one
