@@ -26,7 +26,7 @@ from srnet_core.io import atomic_path, read_json, write_json
 MARKER = "_COMPLETE.json"
 CHECKPOINT = "_checkpoint"
 LEASE = "_LEASE.json"
-EVENTS = "_events.jsonl"
+EVENTS = "_events"  # <root>/_events/<host>-<pid>.jsonl: one file per process, never rewritten by another
 LEASE_TTL = float(os.environ.get("SRNET_LEASE_TTL", "120"))  # seconds a lease lives without renewal
 
 log = logging.getLogger("srnet.store")
@@ -171,28 +171,34 @@ class ArtifactStore:
         self.log_event("invalidated", stage, key, reason=reason)
 
     def log_event(self, event: str, stage: str, key: str, **info) -> None:
-        """An audit line in <root>/_events.jsonl (local stores; one O_APPEND write, safe across processes)
-        and in the log: node runs, resumes, lease waits, corrupt artifacts."""
+        """An audit line in <root>/_events/<host>-<pid>.jsonl (local stores; each process appends to its own
+        file) and in the log: node runs, resumes, lease waits, corrupt artifacts."""
         entry = {"time": time.time(), "event": event, "stage": stage, "key": key, "host": socket.gethostname(),
                  "pid": os.getpid(), **info}
         log.warning("%s %s/%s %s", event, stage, key, info) if event == "invalidated" else log.info(
             "%s %s/%s %s", event, stage, key, info)
         if self.remote:
             return
-        os.makedirs(self.root, exist_ok=True)
+        folder = os.path.join(self.root, EVENTS)
+        os.makedirs(folder, exist_ok=True)
         line = (json.dumps(entry, sort_keys=True, default=str) + "\n").encode()
-        fd = os.open(os.path.join(self.root, EVENTS), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        path = os.path.join(folder, f"{socket.gethostname()}-{os.getpid()}.jsonl")
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
             os.write(fd, line)
         finally:
             os.close(fd)
 
     def events(self) -> list[dict]:
-        path = os.path.join(self.root, EVENTS)
-        if self.remote or not os.path.exists(path):
+        """Every process's events, oldest first."""
+        folder = os.path.join(self.root, EVENTS)
+        if self.remote or not os.path.isdir(folder):
             return []
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        out = []
+        for name in os.listdir(folder):
+            with open(os.path.join(folder, name)) as f:
+                out += [json.loads(line) for line in f if line.strip()]
+        return sorted(out, key=lambda e: e["time"])
 
     def mark_complete(self, stage: str, key: str, info: dict) -> None:
         """Record the node's files (and upload them, for a URI store), then write the marker last."""
