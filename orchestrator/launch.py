@@ -228,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
 
     collect(plan, store, root, errors)
     frame = results.load(root, sweep=spec.name)
-    console.print(summarize(frame))
+    try:
+        console.print(summarize(frame))
+    except ValueError as err:  # e.g. two configs of one curve point in this output_dir: rows are all saved
+        console.print(f"[yellow]no summary table:[/] {err}", highlight=False)
     out_dir = os.path.abspath(spec.output_dir)
     if not args.no_figure:
         from .figures import metric_vs_sparsity
