@@ -128,10 +128,10 @@ def test_lease_excludes_a_second_owner_until_release_or_expiry(tmp_path):
     b = store.try_lease("finetune", "k", "driver-b", ttl=0.3)
     assert b is not None
     # a holder on another machine that stops renewing: its lease expires
-    b["host"] = "elsewhere"
+    b["host"], b["expires"] = "elsewhere", time.time() + 1.0
     store._write_lease("finetune", "k", b, exclusive=False)
     assert store.try_lease("finetune", "k", "driver-c", ttl=30) is None
-    time.sleep(0.4)
+    time.sleep(1.1)
     assert store.try_lease("finetune", "k", "driver-c", ttl=30) is not None
     assert [e["event"] for e in store.events()] == ["lease_expired"]
 
@@ -148,20 +148,20 @@ def test_lease_of_a_dead_process_on_this_machine_is_taken_at_once(tmp_path):
 
 def test_second_holder_waits_then_skips_the_completed_node(tmp_path):
     store = ArtifactStore(str(tmp_path))
-    first = LeaseKeeper(store, "finetune", "k", owner="one", ttl=0.9, poll=0.1).__enter__()
+    first = LeaseKeeper(store, "finetune", "k", owner="one", ttl=3, poll=0.1).__enter__()
     assert first.acquired
-    time.sleep(0.5)  # longer than ttl/3: the keeper renewed it in the background
+    time.sleep(1.5)  # longer than ttl/3: the keeper renewed it in the background
     done = threading.Event()
 
     def finish():
-        time.sleep(1.2)  # past the original expiry: only renewal keeps the second one out
+        time.sleep(2.5)  # past the original expiry: only renewal keeps the second one out
         _complete_node(tmp_path, "finetune", "k")
         first.__exit__(None, None, None)
         done.set()
 
     threading.Thread(target=finish).start()
-    with LeaseKeeper(store, "finetune", "k", owner="two", ttl=0.9, poll=0.1) as second:
-        assert done.is_set() and not second.acquired and second.waited > 1.0
+    with LeaseKeeper(store, "finetune", "k", owner="two", ttl=3, poll=0.1) as second:
+        assert done.is_set() and not second.acquired and second.waited > 2.0
     assert store.read_lease("finetune", "k") is None
     assert [e["event"] for e in store.events()] == ["lease_wait"]
 
@@ -488,3 +488,34 @@ def test_two_drivers_on_one_store_run_each_node_once(tmp_path):
     assert len(per_node) == 3
     for tag in ("d1", "d2"):
         assert _no_orphans(tag) == []
+
+
+def test_uri_store_corrupt_file_is_not_served_from_cache(tmp_path):
+    """A pyarrow URI store: the fetched copy is verified, a bad download is dropped, the node invalidated."""
+    local, _ = _complete_node(tmp_path / "scratch")  # build the files, then publish them through a URI store
+    store = ArtifactStore(f"file://{tmp_path}/remote", cache_dir=str(tmp_path / "cache"))
+    os.makedirs(store.node_dir("finetune", "k1"), exist_ok=True)
+    for name in ("weights.safetensors", "summary.json"):
+        with open(os.path.join(local.node_dir("finetune", "k1"), name), "rb") as src, \
+                open(os.path.join(store.node_dir("finetune", "k1"), name), "wb") as dst:
+            dst.write(src.read())
+    store.mark_complete("finetune", "k1", {})
+    store.fetch_verified("finetune", "k1", "weights.safetensors")
+    _flip(str(tmp_path / "remote" / "finetune" / "k1" / "weights.safetensors"))
+    assert "does not match its recorded sha256" in store.check("finetune", "k1")  # downloads afresh
+    assert not os.path.exists(os.path.join(str(tmp_path / "cache"), "fetched", "finetune", "k1", "weights.safetensors"))
+    assert not store.is_complete("finetune", "k1", verify=True)
+    remote_dir = tmp_path / "remote" / "finetune" / "k1"
+    assert not (remote_dir / MARKER).exists() and len(list(remote_dir.glob("_INVALID.*.json"))) == 1
+    with pytest.raises(CorruptArtifactError, match="no marker entry"):  # nothing is served any more
+        store.fetch_verified("finetune", "k1", "weights.safetensors")
+    # a corrupt LOCAL cached copy of a good remote file is downloaded again, not blamed on the node
+    good = ArtifactStore(f"file://{tmp_path}/remote2", cache_dir=str(tmp_path / "cache2"))
+    os.makedirs(good.node_dir("finetune", "k2"), exist_ok=True)
+    with open(os.path.join(good.node_dir("finetune", "k2"), "weights.safetensors"), "wb") as f:
+        f.write(b"x" * 100)
+    good.mark_complete("finetune", "k2", {})
+    cached = good.fetch_verified("finetune", "k2", "weights.safetensors")
+    _flip(cached, offset=5)
+    assert open(good.fetch_verified("finetune", "k2", "weights.safetensors"), "rb").read() == b"x" * 100
+    assert good.is_complete("finetune", "k2")
