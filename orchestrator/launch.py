@@ -199,15 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     errors: dict[str, str] = {}
     root = results.results_dir(spec.output_dir)
     save_spec_copy(args.spec, spec)
+    # stored inputs this launch will read are checked against their sha256 first; bad ones re-run
+    for key, problem in failures.verify_inputs(plan, store, _published_keys(root)).items():
+        console.print(f"[yellow]re-running {plan.nodes[key].stage} {key}:[/] {problem}", highlight=False)
     started_ray = not ray.is_initialized()  # reuse a Ray the caller already started (notebooks, tests)
     if started_ray and args.address:
         ray.init(address=args.address, log_to_driver=True)
     elif started_ray:  # no dashboard (were one enabled, it would listen on the loopback interface only)
         ray.init(include_dashboard=False, dashboard_host="127.0.0.1", logging_level="WARNING")
     try:
-        published = _published_keys(root)
-        for key, problem in failures.verify_inputs(plan, store, published).items():
-            console.print(f"[yellow]re-running {plan.nodes[key].stage} {key}:[/] {problem}", highlight=False)
         for index, wave in enumerate(plan.waves()):
             blocked = [n for n in wave if any(u.key in errors or not store.is_complete(u.stage, u.key)
                                               for u in n.upstream)]
