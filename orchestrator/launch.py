@@ -19,9 +19,9 @@ from rich.table import Table
 from workers.store import ArtifactStore
 
 from . import cluster as clusterlib
-from . import results
+from . import failures, results
 from .plan import Node, Plan, build_plan, estimate_gpu_hours
-from .spec import SpecError, SweepSpec, load_spec
+from .spec import SpecError, SweepSpec, load_spec, preflight
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 
@@ -122,7 +122,6 @@ def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, compl
     ``on_scheduler(scheduler)``: for producers of more nodes (e.g. a search): called before Tune starts with
     the run's ``DagScheduler``, opened (``keep_open``) so the run waits for nodes it adds until it calls
     ``scheduler.close()``."""
-    import ray
     from ray import tune
     from ray.tune import PlacementGroupFactory
 
@@ -160,8 +159,7 @@ def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, compl
         if trial is not None:
             text = trial.get_error() or (open(trial.error_file).read() if trial.error_file and
                                          os.path.exists(trial.error_file) else "")
-        lines = [line for line in str(text).strip().splitlines() if line.strip()]
-        return lines[-1][:500] if lines else ""
+        return failures.reason_of(text) if str(text).strip() else ""  # the innermost "SomeError: message"
 
     class TrackTrials(tune.Callback):
         def on_trial_add(self, iteration, trials, trial, **info):
@@ -203,7 +201,8 @@ def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, compl
         run_config=tune.RunConfig(
             name=f"{spec.name}-{int(time.time())}",
             storage_path=clusterlib.tune_storage(spec.output_dir, spec.name),
-            failure_config=tune.FailureConfig(max_failures=1),
+            # a retried trial resumes its node from the last checkpoint in the store
+            failure_config=tune.FailureConfig(max_failures=spec.resources.max_retries),
             callbacks=[TrackTrials()],
             verbose=1 if verbose else 0,
         ),
@@ -317,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = load_spec(args.spec)
         clusterlib.override_output_dir(spec, args.output_dir)
+        preflight(spec, args.spec, local_ray=not args.address)  # what a launch would refuse, before Ray starts
         plan = build_plan(spec)
         from .packing import check_packing, detect_gpu_memory  # a GPU fraction must fit its stage
 
@@ -324,7 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         return 2
-    store = ArtifactStore(spec.artifact_root())
+    try:
+        store = ArtifactStore(spec.artifact_root())
+    except Exception as err:  # noqa: BLE001 - pyarrow's errors for a store it cannot open: one line, exit 2
+        console.print(f"[bold red]error:[/] {args.spec}: field 'artifact_store': cannot open "
+                      f"'{spec.artifact_root()}': {' '.join(str(err).split())[:300]}", highlight=False, soft_wrap=True)
+        return 2
     root = results.results_dir(spec.output_dir)
     if args.status:
         from .progress import status_view
@@ -333,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
         console.print(tally.table(f"sweep '{spec.name}': status from {store.root}"))
         console.print(tally.line(), highlight=False, soft_wrap=True)
         return 0
+    if not args.dry_run:
+        # stored inputs this launch will read are checked against their sha256 first; bad ones re-run
+        for key, problem in failures.verify_inputs(plan, store, _published_keys(root)).items():
+            console.print(f"[yellow]re-running {plan.nodes[key].stage} {key}:[/] {problem}", highlight=False)
     complete = store.list_complete()  # one listing per launch; the scheduler tracks completions from here on
     print_plan(spec, plan, complete)
     if args.dry_run:
@@ -346,8 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     if started_ray and args.address:
         ray.init(address=args.address, log_to_driver=args.verbose,
                  runtime_env=None if args.no_ship_code else clusterlib.runtime_env())
-    elif started_ray:
-        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=args.verbose)
+    elif started_ray:  # no dashboard (were one enabled, it would listen on the loopback interface only)
+        ray.init(include_dashboard=False, dashboard_host="127.0.0.1", logging_level="WARNING",
+                 log_to_driver=args.verbose)
     try:
         # a multi-node cluster must share the store; paths the spec names must exist on every node
         clusterlib.check_cluster(spec.artifact_root(), clusterlib.local_paths(spec), clusterlib.alive_nodes())
@@ -370,7 +380,10 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[yellow]publishing rows failed (retried below):[/] {failure}", highlight=False)
     collect(plan, store, root, errors, complete | finished)  # no second listing of the store
     frame = results.load(root, sweep=spec.name)
-    console.print(summarize(frame))
+    try:
+        console.print(summarize(frame))
+    except ValueError as err:  # e.g. two configs of one curve point in this output_dir: rows are all saved
+        console.print(f"[yellow]no summary table:[/] {err}", highlight=False)
     out_dir = clusterlib.local_output_dir(spec.output_dir, spec.name)
     if not args.no_figure:
         from .figures import metric_vs_sparsity
@@ -382,13 +395,17 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"report: {report.path} ({len(report.figures)} figures)")
     clusterlib.upload_outputs(out_dir, spec.output_dir)
     console.print(f"results: {root}  ({len(frame)} rows, {time.time() - started:.0f} s)")
-    skipped = {k: m for k, m in errors.items() if m.startswith("skipped")}
-    for key, message in errors.items():
-        if key not in skipped:
-            console.print(f"[red]failed node {key}:[/] {message}", highlight=False)
-    if skipped:
-        console.print(f"[red]{len(skipped)} node(s) skipped[/] because an upstream node failed", highlight=False)
+    if errors:
+        console.print(failures.failure_table(plan, errors))
     return 1 if errors else 0
+
+
+def _published_keys(root: str) -> set[str]:
+    try:
+        existing = results.load(root, columns=["node_key", "status"])
+    except FileNotFoundError:
+        return set()
+    return set(existing.loc[existing["status"] == "completed", "node_key"])
 
 
 def save_spec_copy(path: str, spec: SweepSpec) -> None:

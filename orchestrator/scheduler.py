@@ -100,7 +100,9 @@ class DagScheduler:
                 failed = [u for u in blocked if self.status.get(u) in (FAILED, SKIPPED)]
                 if failed:
                     self.status[node.key] = SKIPPED
-                    self.message[node.key] = self._skip_reason(failed[0])
+                    up = failed[0]  # a skipped upstream passes its root cause on unchanged
+                    self.message[node.key] = (self.message[up] if self.status[up] == SKIPPED
+                                              else self._skip_reason(up))
                     continue
                 self._missing[node.key] = len(blocked)
                 self.status[node.key] = WAITING if blocked else READY
@@ -182,12 +184,25 @@ class DagScheduler:
         return skipped
 
     def set_message(self, key: str, message: str) -> None:
+        """Set a node's message; for a failed node whose error text arrived late, its skipped descendants get
+        the new root cause too (and are re-announced, so their published rows say it)."""
         with self._lock:
+            old_reason = self._skip_reason(key) if self.status.get(key) == FAILED else None
             self.message[key] = message
+            events = []
+            if old_reason is not None:
+                new_reason = self._skip_reason(key)
+                for k, m in self.message.items():
+                    if self.status.get(k) == SKIPPED and m == old_reason:
+                        self.message[k] = new_reason
+                        events.append((self.nodes[k], SKIPPED, new_reason))
+        for event in events:
+            self._notify(*event)
 
     def _skip_reason(self, failed_key: str) -> str:
+        """Names the failed node and its error (the root cause), never a chain of skips."""
         node = self.nodes[failed_key]
-        return f"skipped: upstream {node.stage} {failed_key} failed"
+        return f"skipped: upstream {node.stage} {failed_key} failed: {self.message.get(failed_key, 'failed')}"
 
     def _notify(self, node, status: str, message: str) -> None:
         for callback in list(self._callbacks):

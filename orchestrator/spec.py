@@ -1,11 +1,15 @@
 """The sweep spec: YAML -> a validated ``SweepSpec``. Mistakes fail with one line naming the field."""
 from __future__ import annotations
 
+import math
 import os
+import re
+import tempfile
+from dataclasses import fields as dataclass_fields
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from srnet_core.masks import MaskConfig
 from srnet_core.tasks import TASKS
@@ -22,6 +26,50 @@ class SpecError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class FieldError(ValueError):
+    """A validator's error about a nested field, e.g. ``finetune.lr`` or ``task_options.mnli.paths``: the
+    one-line message names that field rather than the section pydantic was validating."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+# Ranges of srnet_core.train.TrainConfig fields (the dataclass has types only). Each entry: a predicate and
+# the fix to print. Non-finite numbers fail every check (NaN compares false).
+_TRAIN_RANGES = {
+    "lr": (lambda v: v > 0 and math.isfinite(v), "must be a number > 0 (e.g. 2e-5)"),
+    "epochs": (lambda v: v > 0 and math.isfinite(v), "must be > 0 (or set max_steps)"),
+    "max_steps": (lambda v: v is None or v >= 1, "must be an integer >= 1, or null to use epochs"),
+    "warmup_steps": (lambda v: v >= 0, "must be an integer >= 0"),
+    "batch_size": (lambda v: v >= 1, "must be an integer >= 1"),
+    "weight_decay": (lambda v: v >= 0 and math.isfinite(v), "must be a number >= 0"),
+    "adam_eps": (lambda v: v > 0 and math.isfinite(v), "must be a number > 0 (e.g. 1e-8)"),
+    "grad_clip": (lambda v: v >= 0 and math.isfinite(v), "must be >= 0 (0 disables clipping)"),
+    "eval_every": (lambda v: v >= 1, "must be an integer >= 1 (steps between evaluations)"),
+    "eval_batch_size": (lambda v: v == "auto" or v >= 1, "must be an integer >= 1 or 'auto'"),
+    "select_from": (lambda v: 0 <= v <= 1, "must be a fraction of training in [0, 1]"),
+    "seed": (lambda v: v >= 0, "must be an integer >= 0"),
+    "amp": (lambda v: v in ("auto", "off", "bf16"), "must be one of 'auto', 'off', 'bf16'"),
+}
+
+
+def _check_train_config(cfg, where: str) -> None:
+    """Range checks of a TrainConfig (or a dict of its fields); raises ValueError naming ``where.field``."""
+    values = cfg if isinstance(cfg, dict) else {f.name: getattr(cfg, f.name) for f in dataclass_fields(cfg)}
+    for name, value in values.items():
+        check = _TRAIN_RANGES.get(name)
+        if check is not None and not check[0](value):
+            raise FieldError(f"{where}.{name}", f"{check[1]}, not {value!r}")
+
+
+def _check_flag_number(value, where: str, minimum: float, strict: bool = False):
+    """A number (None allowed) that must be finite and >= (or >) ``minimum``."""
+    if value is not None and (not math.isfinite(value) or value < minimum or (strict and value == minimum)):
+        raise ValueError(f"{where} must be {'>' if strict else '>='} {minimum:g}, not {value!r}")
+    return value
 
 
 LossName = Literal["std", "poe", "reweight", "conf_reg"]
@@ -53,6 +101,22 @@ class Grid(_Strict):
             if t not in TASKS:
                 raise ValueError(f"unknown task '{t}'; known: {sorted(TASKS)}")
         return tasks
+
+    @field_validator("seeds")
+    @classmethod
+    def _seed_range(cls, seeds):
+        for s in seeds:
+            if s < 0:
+                raise ValueError(f"seed {s} is negative; seeds must be integers >= 0")
+        return seeds
+
+    @field_validator("backbones")
+    @classmethod
+    def _backbone_names(cls, names):
+        for b in names:
+            if not b.strip():
+                raise ValueError("a backbone name is empty; use e.g. 'tiny-bert', 'minilm' or a model directory")
+        return names
 
     @field_validator("sparsities")
     @classmethod
@@ -90,6 +154,15 @@ class Timing(_Strict):
     sparsity: float = Field(0.7, gt=0, lt=1)
     loss: LossName = "poe"
 
+    @field_validator("fractions")
+    @classmethod
+    def _inside_training(cls, fractions):
+        for f in fractions:
+            if not 0 < f < 1:
+                raise ValueError(f"fraction {f} must be inside (0, 1): a point of the fine-tuning to start mask "
+                                 "training from (the end is always added)")
+        return fractions
+
 
 class Gradual(_Strict):
     s_initial: float = Field(0.7, gt=0, lt=1)
@@ -104,7 +177,17 @@ class Gradual(_Strict):
     def _increasing(self):
         if self.s_final <= self.s_initial:
             raise ValueError("s_final must be above s_initial")
+        _check_schedule(self)
         return self
+
+
+def _check_schedule(options) -> None:
+    """start / end / frequency of a gradual schedule (Gradual, GMPOptions)."""
+    _check_flag_number(options.start, "start", 0)
+    if options.end is not None and (not math.isfinite(options.end) or options.end <= options.start):
+        raise ValueError(f"end must be above start ({options.start}), not {options.end!r}")
+    if options.frequency is not None and options.frequency < 1:
+        raise ValueError(f"frequency must be an integer >= 1 (steps between updates), not {options.frequency!r}")
 
 
 class Transfer(_Strict):
@@ -146,6 +229,11 @@ class GMPOptions(_Strict):
     # "any": the best ID-dev eval at whatever sparsity the schedule had then.
     select: Literal["final", "any"] = "final"
 
+    @model_validator(mode="after")
+    def _schedule(self):
+        _check_schedule(self)
+        return self
+
 
 class StructuredOptions(_Strict):
     """srnet_core.pruning.structured.StructuredOptions; fractions default to the grid sparsity."""
@@ -169,15 +257,33 @@ class StageResources(_Strict):
     cpus: float | Literal["auto"] | None = None  # None: resources.cpus_per_trial
     gpus: float | Literal["auto"] | None = None  # None: resources.gpus_per_trial
 
+    @field_validator("cpus")
+    @classmethod
+    def _cpus_positive(cls, value):
+        return _check_cpus(value)
+
     @field_validator("gpus")
     @classmethod
     def _divides_one(cls, value):
         return _check_gpu_fraction(value)
 
 
+def _check_cpus(value):
+    # 0 CPUs makes a trial that Ray schedules anywhere without limit; negative ones never schedule (a hang)
+    if value not in (None, "auto") and not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"CPUs per trial must be > 0 or 'auto', not {value!r}")
+    return value
+
+
 def _check_gpu_fraction(value):
-    if value not in (None, "auto") and 0 < value < 1 and abs(round(1 / value) - 1 / value) > 1e-9:
+    if value in (None, "auto"):
+        return value
+    if not (value >= 0 and math.isfinite(value)):  # a negative count is never schedulable: the launch hangs
+        raise ValueError(f"GPUs per trial must be >= 0 or 'auto', not {value!r}")
+    if 0 < value < 1 and abs(round(1 / value) - 1 / value) > 1e-9:
         raise ValueError(f"{value} does not divide 1: Ray packs such fractions unevenly; use 1/n")
+    if value > 1 and value != int(value):
+        raise ValueError(f"{value} GPUs: above 1 a trial takes whole GPUs; use an integer")
     return value
 
 
@@ -192,6 +298,14 @@ class Resources(_Strict):
     stages: dict[Literal["bias_model", "finetune", "teacher", "mask_train", "imp", "gmp", "structured", "retrain",
                          "evaluate"],
                  StageResources] = {}
+    # Times a node's trial is retried after its process dies or it raises (Tune FailureConfig.max_failures);
+    # a retry resumes from the node's last checkpoint. 0: fail at once.
+    max_retries: int = Field(1, ge=0, le=100)
+
+    @field_validator("cpus_per_trial")
+    @classmethod
+    def _cpus_positive(cls, value):
+        return _check_cpus(value)
 
     @field_validator("gpus_per_trial")
     @classmethod
@@ -226,6 +340,26 @@ class SweepSpec(_Strict):
     structured_options: StructuredOptions = StructuredOptions()
     resources: Resources = Resources()
 
+    @field_validator("finetune", "mask_train", "imp", "gmp", "retrain")
+    @classmethod
+    def _train_ranges(cls, value, info):
+        _check_train_config(value, info.field_name)
+        return value
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir_named(cls, value):
+        if not value.strip():
+            raise ValueError("is empty; give a directory for results (e.g. results/<name>)")
+        return value
+
+    @field_validator("artifact_store")
+    @classmethod
+    def _store_scheme(cls, value):
+        if value is not None:
+            check_store_location(value)
+        return value
+
     @field_validator("data_dir")
     @classmethod
     def _data_dir_exists(cls, value):
@@ -250,11 +384,22 @@ class SweepSpec(_Strict):
             for task in names:
                 if task not in tasks:
                     raise ValueError(f"{section}.{task}: task '{task}' is not in the sweep's tasks")
+        for task, options in self.task_options.items():
+            check_task_options(task, options)
         for task, overrides in self.task_overrides.items():
             for stage in ("finetune", "mask_train", "imp", "gmp", "retrain"):
+                where = f"task_overrides.{task}.{stage}"
                 for key in getattr(overrides, stage):
                     if key not in TrainConfig.__dataclass_fields__:
-                        raise ValueError(f"task_overrides.{task}.{stage}: unknown key '{key}'")
+                        raise FieldError(where, f"unknown key '{key}'; known: {sorted(TrainConfig.__dataclass_fields__)}")
+                merged = {**self.train_config(stage, task, 0), "seed": getattr(self, stage).seed}
+                try:
+                    checked = _TRAIN_ADAPTER.validate_python(merged)
+                except ValidationError as err:
+                    e = err.errors()[0]
+                    raise FieldError(f"{where}.{'.'.join(map(str, e['loc']))}",
+                                     f"{e['msg']} (got {_short(e.get('input'))})") from None
+                _check_train_config(checked, where)
         for backbone in self.grid.backbones:
             if backbone.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(backbone)):
                 raise ValueError(f"grid.backbones: model directory '{backbone}' does not exist")
@@ -297,17 +442,177 @@ class SweepSpec(_Strict):
         return self.data_dir or (os.path.abspath(os.path.expanduser(env)) if env else None)
 
 
+_TRAIN_ADAPTER = TypeAdapter(TrainConfig)
+
+
+def _task_options_class(task: str):
+    """The dataclass of a task's options (FileTask subclasses name it ``Options``; synthetic has its own)."""
+    cls = TASKS[task]
+    options = getattr(cls, "Options", None)
+    if options is None and task == "synthetic":
+        from srnet_core.tasks.synthetic import SyntheticOptions as options
+    return options
+
+
+# Option values that would crash or divide by zero when the data is generated/loaded.
+_SYNTHETIC_RANGES = {
+    "n_train": (lambda v: v >= 1, "must be an integer >= 1"),
+    "n_dev": (lambda v: v >= 1, "must be an integer >= 1"),
+    "n_ood": (lambda v: v >= 1, "must be an integer >= 1"),
+    "n_ood_train": (lambda v: v >= 1, "must be an integer >= 1"),
+    "spurious_agreement": (lambda v: 0 <= v <= 1, "must be a probability in [0, 1]"),
+    "ood_mode": (lambda v: v in ("reversed", "balanced"), "must be 'reversed' or 'balanced'"),
+    "data_seed": (lambda v: v >= 0, "must be an integer >= 0"),
+}
+
+
+def check_task_options(task: str, options: dict) -> None:
+    """Names, types and ranges of one task's options; raises ValueError listing the valid names."""
+    where = f"task_options.{task}"
+    if not isinstance(options, dict):
+        raise FieldError(where, "must be a mapping of option: value")
+    cls = _task_options_class(task)
+    known = sorted(f.name for f in dataclass_fields(cls)) if cls is not None else []
+    for key in options:
+        if key not in known:
+            raise FieldError(where, f"unknown option '{key}'; valid options of '{task}': {known}")
+    if cls is None:
+        return
+    adapter = TypeAdapter(cls)
+    try:
+        adapter.validate_python(options)
+    except ValidationError as err:
+        e = err.errors()[0]
+        raise FieldError(f"{where}.{'.'.join(map(str, e['loc']))}", f"{e['msg']} (got {_short(e.get('input'))})") from None
+    if task == "synthetic":
+        for key, value in options.items():
+            check = _SYNTHETIC_RANGES.get(key)
+            if check is not None and not check[0](value):
+                raise FieldError(f"{where}.{key}", f"{check[1]}, not {value!r}")
+    else:
+        try:  # the task's own checks (source, paths, row limits); construction reads no data
+            TASKS[task](data_dir=None, **options)
+        except (TypeError, ValueError) as err:
+            raise FieldError(where, str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+
+
+def supported_schemes() -> set[str]:
+    """URI schemes pyarrow can open in this installation (its optional filesystems are build options)."""
+    import importlib
+
+    schemes = {"file", "local", "mock"}
+    for module, names in (("pyarrow._s3", {"s3"}), ("pyarrow._gcsfs", {"gs", "gcs"}),
+                          ("pyarrow._hdfs", {"hdfs", "viewfs"}), ("pyarrow._azurefs", {"abfs", "abfss"})):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            continue
+        schemes |= names
+    return schemes
+
+
+def check_store_location(value: str) -> None:
+    """A directory or a URI with a scheme pyarrow supports here (and a bucket/host); no network is touched."""
+    if not value.strip():
+        raise ValueError("is empty; give a directory or a URI such as s3://bucket/prefix, or remove the field")
+    if "://" not in value:
+        return
+    scheme, rest = value.split("://", 1)
+    supported = supported_schemes()
+    if scheme.lower() not in supported:
+        raise ValueError(f"URI scheme '{scheme}' is not supported by pyarrow here; use a directory or one of "
+                         f"{sorted(supported)}")
+    if scheme.lower() not in ("file", "local", "mock") and not rest.split("/", 1)[0]:
+        raise ValueError(f"URI '{value}' names no bucket or host; use {scheme}://<bucket>/<prefix>")
+    if scheme.lower() in ("file", "local") and not rest.startswith("/"):
+        raise ValueError(f"URI '{value}' must be absolute: {scheme}:///absolute/path")
+
+
+def _writable_location(path: str) -> str | None:
+    """None if ``path`` is (or can be created as) a writable directory, else why not. Tries a real temp file
+    in the nearest existing ancestor: os.access says yes to root even on a read-only mount."""
+    path = os.path.abspath(os.path.expanduser(path))
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        return f"'{probe}' is a file, not a directory"
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".srnet-write-test-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        return f"'{probe}' is not writable ({err.strerror or err})"
+    return None
+
+
+def preflight(spec: SweepSpec, source: str, local_ray: bool = True) -> None:
+    """What a launch would refuse, checked before Ray starts (and by --dry-run): the output directory and a
+    local (or file://) artifact store must be writable; on a local Ray, the per-trial CPUs and GPUs must fit
+    this machine, else trials stay pending forever. Raises SpecError (one line)."""
+    why = _writable_location(spec.output_dir)
+    if why:
+        raise SpecError(f"{source}: field 'output_dir': {why}; choose a directory you can write")
+    store = spec.artifact_store
+    if store is not None:
+        local = store if "://" not in store else (store.split("://", 1)[1] if store.lower().startswith(("file://", "local://")) else None)
+        if local is not None:
+            why = _writable_location(local)
+            if why:
+                raise SpecError(f"{source}: field 'artifact_store': {why}; choose a location you can write")
+    if not local_ray:
+        return  # a remote cluster's resources are checked when it is reached
+    cpus_here = os.cpu_count() or 1
+    gpus_here = _local_gpus()
+    asked = [("resources.cpus_per_trial", spec.resources.cpus_per_trial, "resources.gpus_per_trial",
+              spec.resources.gpus_per_trial)]
+    for stage, res in spec.resources.stages.items():
+        asked.append((f"resources.stages.{stage}.cpus", res.cpus, f"resources.stages.{stage}.gpus", res.gpus))
+    for cpu_field, cpus, gpu_field, gpus in asked:
+        if isinstance(cpus, (int, float)) and cpus > cpus_here:
+            raise SpecError(f"{source}: field '{cpu_field}': {cpus:g} CPUs per trial but this machine has "
+                            f"{cpus_here}; use at most {cpus_here} or 'auto'")
+        if isinstance(gpus, (int, float)) and gpus > gpus_here:
+            raise SpecError(f"{source}: field '{gpu_field}': {gpus:g} GPUs per trial but this machine has "
+                            f"{gpus_here}; use 'auto' (CPU when there is no GPU) or at most {gpus_here}")
+
+
+def _local_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - a broken CUDA install means no usable GPU for this check
+        return 0
+
+
 def _one_line(err: ValidationError, source: str) -> str:
     e = err.errors()[0]
     field = ".".join(str(p) for p in e["loc"]) or "(top level)"
     if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):  # the latter: dataclass fields
-        return f"{source}: unknown key '{field}': remove it or fix its spelling"
+        return " ".join(f"{source}: unknown key '{field}': remove it or fix its spelling".split())
     if e["type"] == "missing":
         return f"{source}: missing required field '{field}'"
+    exc = (e.get("ctx") or {}).get("error")
+    if isinstance(exc, FieldError):  # names the nested field itself
+        return " ".join(f"{source}: field '{exc.field}': {exc.message}".split())
+    if not e["loc"]:  # a whole-spec check: its message names the field
+        return " ".join(f"{source}: {e['msg'].removeprefix('Value error, ')}".split())
     msg = e["msg"].removeprefix("Value error, ")
+    nested = re.match(r"train\.(\w+) (.*)", msg, flags=re.S)  # srnet_core.train.TrainConfig.__post_init__
+    if nested:
+        field, msg = f"{field}.{nested.group(1)}", nested.group(2)
     got = e.get("input")
-    shown = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
-    return f"{source}: field '{field}': {msg}{shown}"
+    shown = f" (got {_short(got)})" if not isinstance(got, (dict, list)) else ""
+    return " ".join(f"{source}: field '{field}': {msg}{shown}".split())  # always one line
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def parse_spec(data: dict, source: str = "spec") -> SweepSpec:
@@ -319,14 +624,44 @@ def parse_spec(data: dict, source: str = "spec") -> SweepSpec:
         raise SpecError(_one_line(err, source)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: let the base class report it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}': give each field once", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_spec(path: str) -> SweepSpec:
     if not os.path.isfile(path):
         raise SpecError(f"spec file '{path}' does not exist; see sweeps/ for examples")
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: byte {err.start} is not UTF-8; save the spec as UTF-8 text") from None
+    except OSError as err:
+        raise SpecError(f"spec file '{path}' cannot be read: {err.strerror or err}") from None
+    if "\x00" in text:
+        raise SpecError(f"{path}: contains NUL bytes; a spec is a UTF-8 YAML text file")
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{path}:{where} is not valid YAML: {getattr(err, 'problem', err)}") from None
+        what = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise SpecError(f"{path}:{where} is not valid YAML: {what}") from None
+    except (RecursionError, ValueError, OverflowError) as err:  # absurd nesting, unrepresentable scalars
+        raise SpecError(f"{path}: cannot be read as YAML ({type(err).__name__}); check its structure") from None
     return parse_spec(data, source=path)

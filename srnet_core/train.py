@@ -176,6 +176,10 @@ LossFn = Callable[[torch.Tensor, dict], torch.Tensor]
 EvalFn = Callable[[], dict[str, dict[str, float]]]  # split -> metric -> value
 
 
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite: the run diverged (learning rate too high, bad data...)."""
+
+
 @dataclass
 class EvalRecord:
     step: int
@@ -257,6 +261,14 @@ class TrainLoop:
 
     # -- the loop -------------------------------------------------------------------------------------
     def run_eval(self) -> EvalRecord:
+        # One sync per eval interval, not per step: the step only adds the loss to a device tensor.
+        loss_sum = getattr(self, "_loss_sum", None)
+        if loss_sum is not None:
+            self._loss_sum = None
+            if not math.isfinite(float(loss_sum)):
+                first = self.history[-1].step if self.history else 0
+                raise DivergenceError(f"training loss is {float(loss_sum)} between steps {first} and {self.step} "
+                                      f"(lr {self.config.lr:g}): the run diverged; lower the learning rate")
         record = EvalRecord(self.step, self.step / self.steps_per_epoch, self.evaluate(),
                             self.current_sparsity() if self.current_sparsity else None)
         self.history.append(record)
@@ -295,6 +307,7 @@ class TrainLoop:
                 logits = forward_logits(self.model, batch, self.device)
             batch = {k: to_device(v, self.device) for k, v in batch.items()}
             loss = self.loss_fn(logits.float(), batch)
+            self._loss_sum = loss.detach() + (0.0 if getattr(self, "_loss_sum", None) is None else self._loss_sum)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:

@@ -76,3 +76,47 @@ def test_bad_yaml_names_the_line(tmp_path):
     path.write_text("name: x\ngrid: [unclosed\n")
     with pytest.raises(SpecError, match="broken.yaml: line"):
         load_spec(str(path))
+
+
+def test_duplicate_keys_and_non_utf8_rejected(tmp_path):
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("name: a\noutput_dir: o\ngrid: {tasks: [synthetic], seeds: [0], seeds: [1]}\n")
+    with pytest.raises(SpecError, match=r"dup.yaml: line 3 is not valid YAML: duplicate key 'seeds'"):
+        load_spec(str(dup))
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(SpecError, match=r"latin.yaml: byte 9 is not UTF-8"):
+        load_spec(str(latin))
+
+
+@pytest.mark.parametrize("path,value,expect", [
+    ("task_options", {"synthetic": {"n_trian": 5}},
+     "field 'task_options.synthetic': unknown option 'n_trian'; valid options of 'synthetic': ['add_ood_train',"),
+    ("finetune", {"batch_size": 0}, "field 'finetune.batch_size': must be an integer >= 1, not 0"),
+    ("mask_train", {"lr": -1.0}, "field 'mask_train.lr': must be a number > 0"),
+    ("finetune", {"epochs": -1}, "field 'finetune.epochs': must be > 0"),
+    ("resources", {"gpus_per_trial": -1}, "field 'resources.gpus_per_trial': GPUs per trial must be >= 0"),
+    ("resources", {"cpus_per_trial": 0}, "field 'resources.cpus_per_trial': CPUs per trial must be > 0"),
+    ("artifact_store", "foo://b/p", "URI scheme 'foo' is not supported by pyarrow here"),
+])
+def test_ranges_and_options_name_the_field(path, value, expect):
+    with pytest.raises(SpecError) as err:
+        parse_spec(_with(path, value), source="s.yaml")
+    assert expect in str(err.value) and "\n" not in str(err.value)
+
+
+def test_preflight_refuses_unwritable_locations_and_oversized_trials(tmp_path):
+    from orchestrator.spec import preflight
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for field, value in (("output_dir", str(blocker / "out")), ("artifact_store", str(blocker / "store")),
+                         ("artifact_store", f"file://{blocker}/store")):
+        with pytest.raises(SpecError, match=f"field '{field}': '{blocker}' is a file, not a directory"):
+            preflight(parse_spec(_with(field, value)), "s.yaml")
+    spec = parse_spec(_with("resources", {"cpus_per_trial": 10 ** 6}))
+    with pytest.raises(SpecError, match="CPUs per trial but this machine has"):
+        preflight(spec, "s.yaml")
+    preflight(spec, "s.yaml", local_ray=False)  # a remote cluster's size is checked once it is reached
+    preflight(parse_spec(_with("output_dir", str(tmp_path / "new" / "dir"))), "s.yaml")
+    assert not (tmp_path / "new").exists()  # checking creates nothing

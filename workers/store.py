@@ -12,14 +12,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
+import threading
+import time
+import uuid
 
 from srnet_core.io import atomic_path, read_json, write_json
 
 MARKER = "_COMPLETE.json"
 CHECKPOINT = "_checkpoint"
+LEASE = "_LEASE.json"
+EVENTS = "_events"  # <root>/_events/<host>-<pid>.jsonl: one file per process, never rewritten by another
+LEASE_TTL = float(os.environ.get("SRNET_LEASE_TTL", "120"))  # seconds a lease lives without renewal
+
+log = logging.getLogger("srnet.store")
+
+
+class CorruptArtifactError(FileNotFoundError):
+    """A file behind a completion marker is missing or differs from its recorded size/sha256."""
 
 
 def _sha256(path: str) -> str:
@@ -28,6 +42,39 @@ def _sha256(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# (path, mtime_ns, size) -> sha256: a file is hashed once per process, not at every read. Any rewrite of the
+# file changes its mtime, so a cached digest never hides a later change.
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def cached_sha256(path: str) -> str:
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+    digest = _HASHES.get(key)
+    if digest is None:
+        digest = _HASHES[key] = _sha256(path)
+    return digest
+
+
+def _lease_dead(lease: dict) -> bool:
+    """Expired, or held by a process of this machine that no longer exists (a killed driver's trial): then
+    it is taken over at once instead of after its expiry."""
+    if lease.get("expires", 0) <= time.time():
+        return True
+    if lease.get("host") == socket.gethostname() and isinstance(lease.get("pid"), int):
+        try:
+            os.kill(lease["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, another user's
+    return False
+
+
+def default_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def is_uri(root: str) -> bool:
@@ -78,18 +125,80 @@ class ArtifactStore:
             return json.loads(f.read())
 
     def is_complete(self, stage: str, key: str, verify: bool = False) -> bool:
+        """The marker exists and every file it lists is there with its recorded size (for a local store; one
+        stat each). ``verify``: also compare sha256 digests. A node found broken is invalidated (its marker
+        moved aside, the event logged), so it re-runs."""
         if not self._exists(stage, key, MARKER):
             return False
-        if not verify:
-            return True
-        for name, meta in self.marker(stage, key)["files"].items():
-            try:
-                path = self.fetch(stage, key, name, refresh=True)
-            except FileNotFoundError:
-                return False
-            if _sha256(path) != meta["sha256"]:
-                return False
+        problem = self.check(stage, key, sha256=verify)
+        if problem:
+            self.invalidate(stage, key, problem)
+            return False
         return True
+
+    def check(self, stage: str, key: str, sha256: bool = True) -> str | None:
+        """None if the node's files match its marker, else what is wrong."""
+        if self.remote and not sha256:
+            return None  # no per-file round trips on an object store: files are verified when fetched
+        try:
+            files = self.marker(stage, key)["files"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            return f"unreadable marker ({type(err).__name__})"
+        for name, meta in files.items():
+            if not self.remote and not sha256:
+                path = os.path.join(self.root, stage, key, name)
+                if not os.path.isfile(path):
+                    return f"{name} is missing"
+                if os.path.getsize(path) != meta["bytes"]:
+                    return f"{name} has {os.path.getsize(path)} bytes, the marker recorded {meta['bytes']}"
+                continue
+            try:
+                self._verified(stage, key, name, meta, refresh=True)
+            except CorruptArtifactError as err:
+                return str(err)
+        return None
+
+    def invalidate(self, stage: str, key: str, reason: str) -> None:
+        """Move the marker aside (kept for forensics) so the node counts as incomplete and re-runs."""
+        aside = f"_INVALID.{int(time.time())}.{uuid.uuid4().hex[:6]}.json"
+        try:
+            if self.remote:
+                self.fs.move(self._remote_path(stage, key, MARKER), self._remote_path(stage, key, aside))
+            else:
+                os.replace(os.path.join(self.root, stage, key, MARKER), os.path.join(self.root, stage, key, aside))
+        except (FileNotFoundError, OSError):
+            pass  # someone else invalidated (or re-ran) it first
+        self.log_event("invalidated", stage, key, reason=reason)
+
+    def log_event(self, event: str, stage: str, key: str, **info) -> None:
+        """An audit line in <root>/_events/<host>-<pid>.jsonl (local stores; each process appends to its own
+        file) and in the log: node runs, resumes, lease waits, corrupt artifacts."""
+        entry = {"time": time.time(), "event": event, "stage": stage, "key": key, "host": socket.gethostname(),
+                 "pid": os.getpid(), **info}
+        log.warning("%s %s/%s %s", event, stage, key, info) if event == "invalidated" else log.info(
+            "%s %s/%s %s", event, stage, key, info)
+        if self.remote:
+            return
+        folder = os.path.join(self.root, EVENTS)
+        os.makedirs(folder, exist_ok=True)
+        line = (json.dumps(entry, sort_keys=True, default=str) + "\n").encode()
+        path = os.path.join(folder, f"{socket.gethostname()}-{os.getpid()}.jsonl")
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+    def events(self) -> list[dict]:
+        """Every process's events, oldest first."""
+        folder = os.path.join(self.root, EVENTS)
+        if self.remote or not os.path.isdir(folder):
+            return []
+        out = []
+        for name in os.listdir(folder):
+            with open(os.path.join(folder, name)) as f:
+                out += [json.loads(line) for line in f if line.strip()]
+        return sorted(out, key=lambda e: e["time"])
 
     def mark_complete(self, stage: str, key: str, info: dict) -> None:
         """Record the node's files (and upload them, for a URI store), then write the marker last."""
@@ -97,7 +206,8 @@ class ArtifactStore:
         files = {}
         for name in sorted(os.listdir(local)):
             path = os.path.join(local, name)
-            if name in (MARKER, CHECKPOINT) or name.endswith(".partial") or not os.path.isfile(path):
+            if (name in (MARKER, CHECKPOINT) or name.startswith((LEASE, "_INVALID.")) or name.endswith(".partial")
+                    or not os.path.isfile(path)):  # bookkeeping, not outputs
                 continue
             files[name] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
         marker = {"files": files, **info}
@@ -119,8 +229,37 @@ class ArtifactStore:
         pafs.copy_files(local, tmp, destination_filesystem=self.fs)
         self.fs.move(tmp, remote)
 
+    def fetch_verified(self, stage: str, key: str, filename: str) -> str:
+        """A local path of a COMPLETE node's file whose sha256 matches the marker (hashed once per process per
+        (path, mtime, size)). A missing or different file invalidates the node (it re-runs) and raises
+        CorruptArtifactError: nothing downstream consumes a bad file."""
+        try:
+            meta = self.marker(stage, key)["files"][filename]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            reason = f"no marker entry for {filename} ({type(err).__name__})"
+            raise CorruptArtifactError(f"artifact {stage}/{key}/{filename}: {reason}; the node will re-run") from None
+        try:
+            return self._verified(stage, key, filename, meta)
+        except CorruptArtifactError as err:
+            self.invalidate(stage, key, str(err))
+            raise CorruptArtifactError(f"{err}; node {stage}/{key} invalidated and will re-run") from None
+
+    def _verified(self, stage: str, key: str, filename: str, meta: dict, refresh: bool = False) -> str:
+        try:
+            path = self.fetch(stage, key, filename, refresh=refresh)
+        except FileNotFoundError:
+            raise CorruptArtifactError(f"artifact {stage}/{key}/{filename} is missing") from None
+        if os.path.getsize(path) != meta["bytes"] or cached_sha256(path) != meta["sha256"]:
+            if self.remote:  # a bad download must not stay in the cache
+                os.unlink(path)
+                if not refresh:  # only the local cached copy may be bad: download once more first
+                    return self._verified(stage, key, filename, meta, refresh=True)
+            raise CorruptArtifactError(f"artifact {stage}/{key}/{filename} does not match its recorded sha256")
+        return path
+
     def fetch(self, stage: str, key: str, filename: str, refresh: bool = False) -> str:
-        """A local path of a node's file (downloaded into the cache for a URI store)."""
+        """A local path of a node's file (downloaded into the cache for a URI store); unverified, see
+        fetch_verified."""
         if not self.remote:
             path = os.path.join(self.root, stage, key, filename)
             if not os.path.exists(path):
@@ -194,3 +333,154 @@ class ArtifactStore:
             if len(parts) == 3 and parts[2] == MARKER:
                 out.add((parts[0], parts[1]))
         return out
+
+    # -- leases: one driver runs a node at a time ------------------------------------------------------
+    def _lease_path(self, stage: str, key: str) -> str:
+        return self._remote_path(stage, key, LEASE) if self.remote else os.path.join(self.root, stage, key, LEASE)
+
+    def read_lease(self, stage: str, key: str) -> dict | None:
+        try:
+            if self.remote:
+                with self.fs.open_input_stream(self._lease_path(stage, key)) as f:
+                    return json.loads(f.read())
+            return read_json(self._lease_path(stage, key))
+        except (FileNotFoundError, OSError, ValueError):
+            return None  # none, or half-written by a dying holder: treated as free
+
+    @staticmethod
+    def _read_json_or_none(path: str) -> dict | None:
+        try:
+            return read_json(path)
+        except (OSError, ValueError):
+            return None
+
+    def _write_lease(self, stage: str, key: str, lease: dict, exclusive: bool) -> bool:
+        path = self._lease_path(stage, key)
+        data = json.dumps(lease).encode()
+        if self.remote:  # object stores have no exclusive create: write, then read back who won
+            self.fs.create_dir(self._remote_path(stage, key), recursive=True)
+            with self.fs.open_output_stream(path) as f:
+                f.write(data)
+            time.sleep(0.2)
+            return (self.read_lease(stage, key) or {}).get("token") == lease["token"]
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if not exclusive:
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+            return True
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+
+    def try_lease(self, stage: str, key: str, owner: str, ttl: float = LEASE_TTL) -> dict | None:
+        """Take the node's lease if it is free, expired, or already ``owner``'s (a retried trial of the same
+        driver); returns the lease, or None while another live holder has it."""
+        lease = {"owner": owner, "token": uuid.uuid4().hex, "expires": time.time() + ttl, "ttl": ttl,
+                 "host": socket.gethostname(), "pid": os.getpid()}
+        current = self.read_lease(stage, key)
+        if current is not None and current.get("owner") != owner and not _lease_dead(current):
+            return None
+        if current is not None:
+            # expired or ours: move it aside atomically so exactly one contender gets to create the new one
+            if not self.remote:
+                path = self._lease_path(stage, key)
+                aside = f"{path}.stale-{lease['token']}"
+                try:
+                    os.replace(path, aside)
+                except FileNotFoundError:
+                    return None  # another contender took it over first
+                moved = self._read_json_or_none(aside)
+                if (moved or {}).get("token") != current.get("token"):
+                    try:  # we moved a contender's fresh lease, not the stale one: give it back
+                        os.link(aside, path)
+                    except FileExistsError:
+                        pass
+                    os.unlink(aside)
+                    return None
+                os.unlink(aside)
+            if current.get("owner") != owner:
+                self.log_event("lease_expired", stage, key, previous_owner=current.get("owner"))
+        return lease if self._write_lease(stage, key, lease, exclusive=True) else None
+
+    def renew_lease(self, stage: str, key: str, lease: dict) -> bool:
+        """Extend our lease; False if it was lost (expired and taken by another driver)."""
+        current = self.read_lease(stage, key)
+        if current is None or current.get("token") != lease["token"]:
+            return False
+        lease["expires"] = time.time() + lease["ttl"]
+        self._write_lease(stage, key, lease, exclusive=False)
+        return True
+
+    def release_lease(self, stage: str, key: str, lease: dict) -> None:
+        current = self.read_lease(stage, key)
+        if current is not None and current.get("token") == lease["token"]:
+            try:
+                if self.remote:
+                    self.fs.delete_file(self._lease_path(stage, key))
+                else:
+                    os.unlink(self._lease_path(stage, key))
+            except (FileNotFoundError, OSError):
+                pass
+
+
+class LeaseKeeper:
+    """Hold a node's lease for a block: wait (polling) while another driver holds it, renew it in a
+    background thread every ttl/3 while the block runs, release it at the end. ``acquired`` is False when
+    the node was completed by the other holder meanwhile (then the caller skips it)."""
+
+    def __init__(self, store: ArtifactStore, stage: str, key: str, owner: str | None = None,
+                 ttl: float = LEASE_TTL, poll: float = 1.0):
+        self.store, self.stage, self.key = store, stage, key
+        self.owner, self.ttl, self.poll = owner or default_owner(), ttl, poll
+        self.lease: dict | None = None
+        self.waited = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "LeaseKeeper":
+        start = time.time()
+        logged = False
+        while True:
+            if self.store.is_complete(self.stage, self.key):
+                break
+            self.lease = self.store.try_lease(self.stage, self.key, self.owner, self.ttl)
+            if self.lease is not None:
+                break
+            if not logged:
+                holder = self.store.read_lease(self.stage, self.key) or {}
+                self.store.log_event("lease_wait", self.stage, self.key, holder=holder.get("owner"), owner=self.owner)
+                logged = True
+            time.sleep(self.poll)
+        self.waited = time.time() - start
+        if self.lease is not None and self.store.is_complete(self.stage, self.key):
+            self.store.release_lease(self.stage, self.key, self.lease)  # finished by the other holder just now
+            self.lease = None
+        if self.lease is not None:
+            self._thread = threading.Thread(target=self._renew, daemon=True, name=f"lease-{self.key}")
+            self._thread.start()
+        return self
+
+    @property
+    def acquired(self) -> bool:
+        return self.lease is not None
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                if not self.store.renew_lease(self.stage, self.key, self.lease):
+                    self.store.log_event("lease_lost", self.stage, self.key, owner=self.owner)
+                    return
+            except OSError:
+                continue  # a transient store error: try again at the next tick
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.lease is not None:
+            self.store.release_lease(self.stage, self.key, self.lease)

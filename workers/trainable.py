@@ -22,7 +22,7 @@ from srnet_core.stages import run_stage
 from srnet_core.train import EvalRecord
 
 from .provenance import provenance
-from .store import ArtifactStore
+from .store import ArtifactStore, LeaseKeeper
 
 STATE_FILE = "train_state.safetensors"
 
@@ -51,9 +51,11 @@ def config_columns(stage_config: dict, prefix: str = "cfg.") -> dict:
     return out
 
 
-def run_node(node: dict, report=None) -> str:
+def run_node(node: dict, report=None, owner: str | None = None) -> str:
     """Run a node (inside Tune or not), resuming from its checkpoint; returns its local artifact directory.
-    Idempotent once complete. ``report(record)`` sees every evaluation."""
+    Idempotent once complete. ``report(record)`` sees every evaluation. The node's lease in the store makes
+    a second driver wait for it (and skip it once complete) instead of running it again; ``owner`` names
+    the holder (a retried trial of the same driver reuses its lease at once)."""
     check_versions(node)
     check_store(node)
     store = ArtifactStore(node["artifact_root"])
@@ -61,12 +63,22 @@ def run_node(node: dict, report=None) -> str:
     out_dir = store.node_dir(stage, key)
     if store.is_complete(stage, key):
         return out_dir
+    with LeaseKeeper(store, stage, key, owner) as lease:
+        if lease.acquired:
+            _run_node(node, report, store, lease.owner)
+    return out_dir
+
+
+def _run_node(node: dict, report, store: ArtifactStore, owner: str) -> None:
+    stage, key = node["stage"], node["key"]
+    out_dir = store.node_dir(stage, key)
     state_path = store.checkpoint_path(stage, key, STATE_FILE)
     resume_from = store.pull_checkpoint(stage, key, STATE_FILE)
     resume_state = load_checkpoint(resume_from) if resume_from else None
     # Written and uploaded off the training thread, only the latest kept; atomic: a kill mid-write leaves the
     # previous checkpoint. Training waits only for the snapshot to host memory.
     writer = AsyncCheckpointWriter(state_path, upload=lambda: store.push_checkpoint(stage, key, STATE_FILE))
+    store.log_event("run", stage, key, owner=owner, resumed_from=_step_of(resume_state))
 
     def on_eval(record: EvalRecord, state_fn) -> None:
         writer.submit(state_fn)
@@ -77,7 +89,7 @@ def run_node(node: dict, report=None) -> str:
     os.environ.setdefault("SRNET_CODE_VERSION", provenance()["code_version"])  # recorded in mask artifacts
     stage_config = dict(node["stage_config"])
     for name, (up_stage, up_key, filename) in node.get("inputs", {}).items():
-        stage_config[name] = store.fetch(up_stage, up_key, filename)
+        stage_config[name] = store.fetch_verified(up_stage, up_key, filename)  # never a corrupt input
     try:
         rows = run_stage(stage_config, out_dir, report=on_eval, resume_state=resume_state)
     finally:
@@ -89,7 +101,12 @@ def run_node(node: dict, report=None) -> str:
     shutil.rmtree(os.path.dirname(state_path), ignore_errors=True)  # outputs are saved; the state is not needed
     store.mark_complete(stage, key, {"node": node, "wall_seconds": ended - started, **provenance(),
                                      "checkpoint_seconds": writer.summary()})
-    return out_dir
+    store.log_event("completed", stage, key, owner=owner)
+
+
+def _step_of(state: dict | None):
+    step = state.get("step") if isinstance(state, dict) else None
+    return int(step) if isinstance(step, (int, float)) or hasattr(step, "item") else None
 
 
 def check_versions(node: dict) -> None:
@@ -160,4 +177,6 @@ def result_frame(node: dict, rows: list[dict], started: float, ended: float) -> 
 
 
 def stage_trainable(config: dict) -> None:
-    run_node(config["node"], report=lambda record: tune.report(flat_metrics(record)))
+    ctx = tune.get_context()  # a retry of this trial keeps its id, so it takes over its own lease at once
+    owner = f"{ctx.get_experiment_name()}/{ctx.get_trial_id()}"
+    run_node(config["node"], report=lambda record: tune.report(flat_metrics(record)), owner=owner)

@@ -1,0 +1,85 @@
+"""What a launch does about failures: verify stored inputs before they are used, give each failed node a
+one-line reason, skip its descendants with that reason, and print a summary table.
+
+Used by ``orchestrator.launch.main`` (a few call sites); the launch loop itself stays scheduling only.
+"""
+from __future__ import annotations
+
+import re
+
+from rich.table import Table
+
+from workers.store import ArtifactStore
+
+from .plan import Node, Plan
+
+# Exception lines worth showing, innermost first: Tune wraps a trial's error in RayTaskError/TuneError text.
+_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Interrupt))(?:\([^)]*\))?: (.+)$")
+_WRAPPERS = {"RayTaskError", "TuneError", "RayActorError", "TrialError"}
+
+
+def reason_of(error) -> str:
+    """A failed trial's error as one line: the innermost ``SomeError: message`` of its text (the real cause,
+    e.g. ``DivergenceError: training loss is nan ...``), else its last line."""
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        m = _ERROR_LINE.match(line)
+        if m and m.group(1) not in _WRAPPERS:
+            return f"{m.group(1)}: {m.group(2)}"[:500]
+    if "ActorDiedError" in text or "died unexpectedly" in text or "SYSTEM_ERROR" in text:
+        return "the trial process died (killed or out of memory) and its retries are used up"
+    return lines[-1][:500]
+
+
+def skip_reason(node: Node, errors: dict[str, str]) -> str | None:
+    """Why ``node`` cannot run: the first upstream node that failed (or was skipped), with its reason."""
+    for up in node.upstream:
+        if up.key in errors:
+            cause = errors[up.key]
+            if cause.startswith("skipped: "):  # keep the root cause, not a chain of "skipped: skipped: ..."
+                return cause
+            return f"skipped: upstream {up.stage} {up.key} failed: {cause}"
+    return None
+
+
+def verify_inputs(plan: Plan, store: ArtifactStore, published: set[str] | None = None) -> dict[str, str]:
+    """Before anything runs: every complete node whose files will be read this launch (an input of a node
+    that is not complete, or a node whose rows are not yet in the results) is checked against the sha256 in
+    its marker. A corrupt, truncated or missing file invalidates that node (marker moved aside, event logged),
+    so it re-runs in its wave and nothing downstream reads a bad file. Repeats until nothing more breaks
+    (re-running a node makes its own inputs needed). Returns {node key: what was wrong}."""
+    published = published or set()
+    found: dict[str, str] = {}
+    checked: set[str] = set()
+    while True:
+        incomplete = {k for k, n in plan.nodes.items() if not store.is_complete(n.stage, n.key)}
+        needed = {u.key for k in incomplete for u in plan.nodes[k].upstream}
+        needed |= {k for k in plan.nodes if k not in published}
+        todo = [plan.nodes[k] for k in sorted(needed - incomplete - checked)]
+        if not todo:
+            return found
+        for node in todo:
+            checked.add(node.key)
+            problem = store.check(node.stage, node.key, sha256=True)
+            if problem:
+                store.invalidate(node.stage, node.key, problem)
+                found[node.key] = problem
+
+
+def failure_table(plan: Plan, errors: dict[str, str]) -> Table:
+    """One row per failed or skipped node: stage, key, what it is, and the reason."""
+    table = Table(title=f"{len(errors)} node(s) did not complete")
+    for col in ("stage", "node", "task", "paradigm", "sparsity", "seed", "status", "reason"):
+        table.add_column(col, overflow="fold")
+    for key, reason in sorted(errors.items(), key=lambda kv: (kv[1].startswith("skipped"), kv[0])):
+        node = plan.nodes.get(key)
+        cols = node.columns if node is not None else {}
+        status = "skipped" if reason.startswith("skipped") else "failed"
+        sparsity = cols.get("target_sparsity")
+        table.add_row(node.stage if node else "?", key, str(cols.get("task", "")), str(cols.get("paradigm", "")),
+                      "" if sparsity is None else f"{sparsity:g}", str(cols.get("seed", "")), status,
+                      reason.removeprefix("skipped: "))
+    return table
