@@ -92,10 +92,12 @@ class Timing(_Strict):
 class Gradual(_Strict):
     s_initial: float = Field(0.7, gt=0, lt=1)
     s_final: float = Field(0.9, gt=0, lt=1)
-    loss: LossName = "std"
+    loss: LossName = "poe"  # the reference's gradual runs used PoE
     unit: Literal["epoch", "step"] = "epoch"
     start: float = 0.0  # t0, in `unit`
-    end: float | None = None  # t_f, in `unit`; None = the last epoch (or step)
+    # t_f, in `unit`; "last_epoch" (the reference): s_f from the start of the last epoch (the end of training
+    # when there is one epoch); None: the end of training
+    end: float | Literal["last_epoch"] | None = "last_epoch"
     frequency: int | None = None  # update the target every N steps; None = every eval interval (the reference)
 
     @model_validator(mode="after")
@@ -138,7 +140,9 @@ class GMPOptions(_Strict):
     initial: float = Field(0.0, ge=0, lt=1)
     unit: Literal["epoch", "step"] = "epoch"
     start: float = 0.0
-    end: float | None = None  # None: the end of training
+    # "last_epoch": s_f from the start of the last epoch (Sparse*BERT's recovery phase; the end of training
+    # when there is one epoch); None: the end of training
+    end: float | Literal["last_epoch"] | None = "last_epoch"
     frequency: int | None = None  # steps between updates; None: every eval interval
     # "final": only checkpoints at the final sparsity can be selected (a result at s is a model at s);
     # "any": the best ID-dev eval at whatever sparsity the schedule had then.

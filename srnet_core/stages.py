@@ -266,8 +266,10 @@ def _gradual_options(ctx: Context, initial: float):
     from .pruning.gradual import GradualOptions
 
     g = ctx.cfg.gradual or {}
+    # t_f defaults to the last epoch (the reference; for GMP Sparse*BERT's recovery phase at s_f)
+    end = g.get("end", "last_epoch")
     return GradualOptions(initial=g.get("initial", initial), final=ctx.cfg.sparsity, start=g.get("start", 0.0),
-                          end=g.get("end"), unit=g.get("unit", "epoch"),
+                          end=end, unit=g.get("unit", "epoch"),
                           frequency=g.get("frequency") or ctx.cfg.train.eval_every, scope=ctx.cfg.mask.scope,
                           # A result reported at sparsity s must be a checkpoint AT s: with "any", GMP's best
                           # ID-dev eval can be its dense start (measured in paper_small: GMP "0.9" was dense).
