@@ -337,19 +337,31 @@ def imp_stage(ctx: Context, out_dir: str, report: Report | None, resume_state: d
     return rows
 
 
+def structured_options(cfg: StageConfig):
+    """StructuredOptions of a stage config: head/neuron fractions default to the grid sparsity only when
+    they are absent or None (an explicit 0.0 means "prune none of them", not "use the grid sparsity")."""
+    from .pruning.structured import StructuredOptions
+
+    o = dict(cfg.structured or {})
+
+    def fraction(key: str) -> float:
+        return cfg.sparsity if o.get(key) is None else float(o[key])
+
+    return StructuredOptions(head_sparsity=fraction("head_sparsity"), neuron_sparsity=fraction("neuron_sparsity"),
+                             rounds=o.get("rounds", 1), importance_batches=o.get("importance_batches", 16),
+                             ranking=o.get("ranking", "global"))
+
+
 def structured_stage(ctx: Context, out_dir: str, report: Report | None, resume_state: dict | None) -> list[dict]:
     """Super Tickets: iterative structured pruning of attention heads and FFN neurons by loss sensitivity.
     Saves the head/neuron masks (``structured.safetensors``, from which a physically smaller model is built
     with srnet_core.pruning.structured.shrink_model) and the equivalent per-matrix ``masks.safetensors``."""
     from safetensors.torch import save_file
 
-    from .pruning.structured import StructuredOptions, structured_prune
+    from .pruning.structured import structured_prune
 
-    o = dict(ctx.cfg.structured or {})
     s = ctx.cfg.sparsity
-    options = StructuredOptions(head_sparsity=o.get("head_sparsity") or s, neuron_sparsity=o.get("neuron_sparsity") or s,
-                                rounds=o.get("rounds", 1), importance_batches=o.get("importance_batches", 16),
-                                ranking=o.get("ranking", "global"))
+    options = structured_options(ctx.cfg)
     rounds = structured_prune(ctx.model, ctx.names(classifier=False), ctx.train_enc, losses.get_loss(ctx.cfg.loss),
                               ctx.cfg.train, evaluate=ctx.evaluate, selection=ctx.selection, device=ctx.device,
                               options=options, report=report, resume_state=resume_state)

@@ -244,6 +244,38 @@ def test_imp_rewinding_restores_weights_bit_for_bit():
     assert not torch.equal(starts[2]["classifier.weight"], pretrained["classifier.weight"])
 
 
+@pytest.mark.parametrize("rewind", [None, "start"])
+def test_imp_prunes_exactly_the_smallest_trained_effective_weights(rewind):
+    """Each level prunes the floor(numel * s) smallest |W * m| of the weights as TRAINED in the previous
+    level (per matrix), before any rewinding: ranking the rewound (pre-trained) weights is wrong."""
+    model = tiny()
+    names = prunable_linear_names(model)
+    start = {n: w.detach().clone() for n, w in ((n, tiny().get_submodule(n).weight) for n in names)}
+    trained = []
+
+    def on_level(level, m):
+        trained.append({n: m.get_submodule(n).parametrizations.weight.original.detach().clone() for n in names})
+
+    def smallest_pruned(values, sparsity):
+        values = values.abs().flatten()
+        keep = torch.ones_like(values, dtype=torch.bool)
+        keep[torch.argsort(values, stable=True)[:prune_count(values.numel(), sparsity)]] = False
+        return keep
+
+    config = TrainConfig(lr=3e-2, max_steps=12, batch_size=8, eval_every=100, seed=0)
+    levels = imp(model, names, random_data(), ce, config, evaluate=Counter(), selection=pick, device="cpu",
+                 options=ImpOptions(rate=0.3, final=0.9, intervals=3, rewind=rewind), on_level=on_level)
+    assert [lv.target_sparsity for lv in levels] == pytest.approx([0.3, 0.6, 0.9])
+    rewound_ranking_differs = False
+    for prev, weights, level in zip(levels, trained, levels[1:]):
+        for name in names:
+            expected = smallest_pruned(weights[name] * prev.masks[name], level.target_sparsity)
+            assert torch.equal(level.masks[name].flatten(), expected), (level.level, name)
+            mutant = smallest_pruned(start[name] * prev.masks[name], level.target_sparsity)
+            rewound_ranking_differs |= not torch.equal(mutant, expected)
+    assert rewound_ranking_differs  # a mutant ranking the rewound/pre-trained weights fails this test
+
+
 def test_imp_rewinds_to_step_k():
     model = tiny()
     names = prunable_linear_names(model)
@@ -416,3 +448,12 @@ def test_options_reject_bad_values():
         StructuredOptions(head_sparsity=1.0)
     with pytest.raises(ValueError, match="select"):
         GradualOptions(select="best")
+
+
+def test_explicit_zero_head_sparsity_is_honoured():
+    from srnet_core.stages import StageConfig, structured_options
+
+    cfg = StageConfig(stage="structured", sparsity=0.5, structured={"head_sparsity": 0.0, "neuron_sparsity": None})
+    options = structured_options(cfg)
+    assert options.head_sparsity == 0.0 and options.neuron_sparsity == 0.5
+    assert structured_options(StageConfig(stage="structured", sparsity=0.3)).head_sparsity == 0.3
