@@ -28,7 +28,10 @@ class TrainConfig:
     batch_size: int = 32
     weight_decay: float = 0.0
     adam_eps: float = 1e-8
-    grad_clip: float = 1.0  # global norm; 0 disables
+    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    # "global": one norm over all trained tensors (the protocol); "per_tensor": each tensor clipped to
+    # grad_clip on its own (the reference's QQP runs)
+    grad_clip_mode: str = "global"
     eval_every: int = 100
     eval_batch_size: int = 256
     # Evals before this fraction of training are not eligible as "best" (0.7 when pruning a fine-tuned model).
@@ -36,6 +39,10 @@ class TrainConfig:
     eval_at_start: bool = True  # evaluate before the first step (e.g. plain magnitude pruning); costs one pass
     seed: int = 0
     amp: str = "auto"  # "auto": bf16 autocast on a GPU that supports it; "off"; "bf16"
+
+    def __post_init__(self):
+        if self.grad_clip_mode not in ("global", "per_tensor"):
+            raise ValueError(f"grad_clip_mode must be 'global' or 'per_tensor', got {self.grad_clip_mode!r}")
 
     def total_steps(self, n_train: int) -> int:
         per_epoch = max(1, math.ceil(n_train / self.batch_size))
@@ -75,6 +82,18 @@ def predict_logits(model: nn.Module, data: Encoded, batch_size: int, device, amp
             out[index] = forward_logits(model, data.batch(index), device).float().cpu().numpy()
     model.train(was_training)
     return out
+
+
+def clip_gradients(params: list[torch.Tensor], max_norm: float, mode: str = "global") -> None:
+    """Clip to ``max_norm``: one norm over all ``params`` ("global") or each tensor's own ("per_tensor")."""
+    if mode == "global":
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+    elif mode == "per_tensor":
+        for p in params:
+            if p.grad is not None:
+                torch.nn.utils.clip_grad_norm_([p], max_norm)
+    else:
+        raise ValueError(f"grad_clip_mode must be 'global' or 'per_tensor', got {mode!r}")
 
 
 LossFn = Callable[[torch.Tensor, dict], torch.Tensor]
@@ -203,7 +222,7 @@ class TrainLoop:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                clip_gradients(params, cfg.grad_clip, cfg.grad_clip_mode)
             self.optimizer.step()
             self.step += 1
             self.after_step(self.step)
