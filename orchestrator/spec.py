@@ -112,7 +112,15 @@ class Transfer(_Strict):
     target_tasks: list[str] = Field(min_length=1)  # ...are re-trained here with the mask fixed (Sparse*BERT)
 
 
+class Full(_Strict):
+    # Dense fine-tuning baselines beyond those the paradigms plan (std always; poe with a.finetune_losses):
+    # e.g. [reweight, conf_reg] (protocol 8's dense reference points). conf_reg's teacher is the std
+    # fine-tuned model of the same task and seed.
+    losses: list[LossName] = []
+
+
 class ParadigmOptions(_Strict):
+    full: Full = Full()
     a: ParadigmA = ParadigmA()
     b: ParadigmB = ParadigmB()
     c: ParadigmC = ParadigmC()
@@ -159,12 +167,24 @@ class StructuredOptions(_Strict):
     ranking: Literal["global", "layer"] = "global"
 
 
+class LossOverrides(_Strict):
+    """Per stage kind, per loss: TrainConfig fields that differ for that loss (protocol 6: on MNLI PoE and
+    conf_reg fine-tuning run 5 epochs, std 3), e.g. {finetune: {poe: {epochs: 5}}}."""
+
+    finetune: dict[LossName, dict] = {}
+    mask_train: dict[LossName, dict] = {}
+    imp: dict[LossName, dict] = {}
+    gmp: dict[LossName, dict] = {}
+    retrain: dict[LossName, dict] = {}
+
+
 class StageOverrides(_Strict):
     finetune: dict = {}
     mask_train: dict = {}
     imp: dict = {}
     gmp: dict = {}
     retrain: dict = {}
+    by_loss: LossOverrides = LossOverrides()  # this task's per-loss settings, on top of the above
 
 
 class StageResources(_Strict):
@@ -221,6 +241,17 @@ class SweepSpec(_Strict):
     retrain: TrainConfig = TrainConfig()
     # ... and per task on top of them (the protocol's lr/epochs/warmup differ per task).
     task_overrides: dict[str, StageOverrides] = {}
+    # Per loss on top of the stage section, for every task (a task's by_loss comes after its stage overrides).
+    loss_overrides: LossOverrides = LossOverrides()
+    # Mixed precision for every stage: "auto" (bf16 on a GPU that supports it, else fp32), "off" (fp32,
+    # for replication runs), "bf16". None: each stage section's own `amp` (default auto).
+    amp: Literal["auto", "off", "bf16"] | None = None
+    # Bias log-probs for poe/reweight/conf_reg: "fit" = the planner fits srnet_core.bias's hand-crafted model
+    # on the training split (a bias_model node); "file" = the reference's per-example files, one per task in
+    # bias_files (.npy indexed by GLUE index / FEVER line, .parquet or .json keyed by example id), joined
+    # to the training examples by id; a training id without a row fails the stage (QQP drops it, protocol 5).
+    bias_source: Literal["fit", "file"] = "fit"
+    bias_files: dict[str, str] = {}
     mask: MaskConfig = MaskConfig()
     imp_options: IMPOptions = IMPOptions()
     gmp_options: GMPOptions = GMPOptions()
@@ -256,21 +287,53 @@ class SweepSpec(_Strict):
                 for key in getattr(overrides, stage):
                     if key not in TrainConfig.__dataclass_fields__:
                         raise ValueError(f"task_overrides.{task}.{stage}: unknown key '{key}'")
+        for where, by_loss in [("loss_overrides", self.loss_overrides)] + [
+                (f"task_overrides.{t}.by_loss", o.by_loss) for t, o in self.task_overrides.items()]:
+            for stage in ("finetune", "mask_train", "imp", "gmp", "retrain"):
+                for loss, keys in getattr(by_loss, stage).items():
+                    for key in keys:
+                        if key not in TrainConfig.__dataclass_fields__:
+                            raise ValueError(f"{where}.{stage}.{loss}: unknown key '{key}'")
+        if self.bias_source == "file":
+            for task in sorted(tasks):
+                path = self.bias_files.get(task)
+                if not path:
+                    raise ValueError(f"bias_files.{task}: bias_source is 'file' but no file is given for task "
+                                     f"'{task}'; add it or use bias_source: fit")
+                if not os.path.isfile(os.path.expanduser(path)):
+                    raise ValueError(f"bias_files.{task}: file '{path}' does not exist")
+        for task in self.bias_files:
+            if task not in tasks:
+                raise ValueError(f"bias_files.{task}: task '{task}' is not in the sweep's tasks")
         for backbone in self.grid.backbones:
             if backbone.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(backbone)):
                 raise ValueError(f"grid.backbones: model directory '{backbone}' does not exist")
         return self
 
-    def train_config(self, stage: str, task: str, seed: int) -> dict:
-        """The TrainConfig of a stage kind for a task: the stage section, then the task's overrides."""
+    def train_config(self, stage: str, task: str, seed: int, loss: str | None = None) -> dict:
+        """The TrainConfig of a stage kind for a task and loss: the stage section, loss_overrides[stage][loss],
+        the task's overrides, the task's by_loss[stage][loss], then the sweep-level amp."""
         from dataclasses import asdict
 
         cfg = asdict(getattr(self, stage))
+        if loss is not None:
+            cfg.update(getattr(self.loss_overrides, stage).get(loss, {}))
         overrides = self.task_overrides.get(task)
         if overrides is not None:
             cfg.update(getattr(overrides, stage))
+            if loss is not None:
+                cfg.update(getattr(overrides.by_loss, stage).get(loss, {}))
+        if self.amp is not None:
+            cfg["amp"] = self.amp
         cfg["seed"] = seed
         return cfg
+
+    def bias_file(self, task: str) -> str | None:
+        """With bias_source 'file': the absolute path of the task's per-example bias file (goes straight
+        into the stage config's bias_file); None with 'fit' (the planner adds a bias_model node)."""
+        if self.bias_source != "file":
+            return None
+        return os.path.abspath(os.path.expanduser(self.bias_files[task]))
 
     def artifact_root(self) -> str:
         if self.artifact_store:
