@@ -65,3 +65,28 @@ def test_gradual_defaults_follow_the_reference():
     assert spec.paradigm_options.gradual.end == "last_epoch" and spec.gmp_options.end == "last_epoch"
     assert parse_spec({**BASE, "paradigm_options": {"full": {"losses": ["reweight", "conf_reg"]}}}
                       ).paradigm_options.full.losses == ["reweight", "conf_reg"]
+
+
+def test_full_grid_follows_the_protocol():
+    from orchestrator.plan import build_plan
+    from orchestrator.spec import load_spec
+
+    spec = load_spec("sweeps/full_grid.yaml")
+    for task in ("mnli", "qqp", "fever"):
+        assert spec.train_config("imp", task, 0, "std")["warmup_steps"] == 0  # the reference IMP: no warm-up
+    assert spec.train_config("finetune", "mnli", 0, "poe")["epochs"] == 5
+    assert spec.train_config("finetune", "mnli", 0, "conf_reg")["epochs"] == 5
+    assert spec.train_config("finetune", "mnli", 0, "std")["epochs"] == 3
+    assert spec.train_config("mask_train", "mnli", 0, "reweight")["epochs"] == 3
+    assert spec.train_config("mask_train", "mnli", 0, "poe")["epochs"] == 5
+    assert spec.train_config("retrain", "mnli", 0, "poe")["epochs"] == 5
+    assert spec.train_config("mask_train", "qqp", 0, "std")["grad_clip_mode"] == "per_tensor"
+    assert spec.train_config("mask_train", "mnli", 0, "std")["grad_clip_mode"] == "global"
+    assert spec.paradigm_options.gradual.loss == "poe"
+    plan = build_plan(spec)
+    ood_tasks = {n.stage_config["task"] for n in plan.nodes.values()
+                 if n.stage_config.get("task_options", {}).get("add_ood_train")}
+    assert ood_tasks == {"mnli", "qqp", "fever"}  # SUNets on all three tasks
+    gradual = [n for n in plan.nodes.values() if n.stage_config.get("gradual")]
+    assert gradual and {n.stage_config["loss"] for n in gradual} == {"poe"}
+    assert {n.stage_config["gradual"]["end"] for n in gradual} == {"last_epoch"}
