@@ -43,7 +43,8 @@ class Grid(_Strict):
     # teacher probabilities and bias log-probs planned automatically.
     losses: list[LossName] = ["std"]
     # How (a) prunes: mask training, IMP (one run gives the 0.1..0.9 series), gradual magnitude pruning
-    # (weights trained), structured (heads and FFN neurons, Super Tickets).
+    # (weights trained), structured (heads and FFN neurons by importance;
+    # a neuron-level relative of Super Tickets, not Super Tickets itself: docs/pruning.md).
     methods: list[Method] = ["mask_train"]
 
     @field_validator("tasks")

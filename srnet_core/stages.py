@@ -353,7 +353,8 @@ def structured_options(cfg: StageConfig):
 
 
 def structured_stage(ctx: Context, out_dir: str, report: Report | None, resume_state: dict | None) -> list[dict]:
-    """Super Tickets: iterative structured pruning of attention heads and FFN neurons by loss sensitivity.
+    """Structured pruning of attention heads and FFN neurons by loss sensitivity (neuron-level; not a faithful
+    Super Tickets, see srnet_core.pruning.structured).
     Saves the head/neuron masks (``structured.safetensors``, from which a physically smaller model is built
     with srnet_core.pruning.structured.shrink_model) and the equivalent per-matrix ``masks.safetensors``."""
     from safetensors.torch import save_file
