@@ -1,11 +1,13 @@
 """Mask training on real data with the recommended recipe must not reshuffle the mask (issue 11's collapse).
 
 On MiniLM fine-tuned on the MNLI split, the demo's old recipe (magnitude_soft with raw |W| scores, lr 1e-3)
-took 70% mask training to chance (ID dev 0.353): Adam moves every score by ~lr per step whatever the scores'
-scale, and with |W| ~0.048 that is ~2% of a score per step, so the kept set turned over within a few dozen
-steps. This test trains masks of the real MiniLM on real MNLI batches for a few steps with the recipe of
-sweeps/nli_prune_small.yaml (normalized scores) and with the old recipe, and measures the turnover of the
-kept set: small for the first, large for the second (the old recipe fails the first assertion).
+took 70% mask training to chance over 500 steps (ID dev 0.353): Adam moves every score by ~lr per step
+whatever the scores' scale, and with |W| ~0.048 that is ~2% of a score per step, so the kept set keeps
+turning over. A 500-step run does not fit a test (and 30 steps of the old recipe do not collapse yet: measured
+0.335 -> 0.448 at 70% from a fine-tuned model), so this test measures the cause: the rate at which the kept
+set turns over on the real MiniLM and real MNLI batches, with the recipe of sweeps/nli_prune_small.yaml
+(normalized scores) and with the old recipe. Measured after 12 steps: 0.8% vs 3.2%; the old recipe fails the
+first assertion.
 """
 from __future__ import annotations
 
@@ -58,8 +60,8 @@ def test_recommended_mask_recipe_does_not_reshuffle_real_minilm():
     new = turnover(train, recipe.mask, recipe.mask_train.lr)
     old = turnover(train, MaskConfig(init="magnitude_soft", score_scale="raw"), 1e-3)
     print(f"kept-set turnover after {STEPS} steps: recipe {new:.4f}, old demo recipe {old:.4f}")
-    assert new < 0.01
-    assert old > 0.03  # the old recipe does reshuffle: this test can tell them apart
+    assert new < 0.015
+    assert old > 0.025  # the old recipe does reshuffle: this test can tell them apart
 
 
 def test_normalized_soft_scores_have_mean_two_phi_and_the_same_step0_mask():
