@@ -188,20 +188,19 @@ def main(argv=None) -> dict:
         os.replace(args.out + ".tmp", args.out)
 
     seeds = [int(s) for s in args.seeds.split(",")]
-    # Most informative first (a partial run is still usable): the dense models, then (a) for every seed,
-    # then (c).
-    std_states = {}
+    # Most informative first (a partial run is still usable): per seed the dense model and its (a)
+    # subnetworks, then (c) for every seed.
     for seed in seeds:
+        std_state = None
         if "dense" in runs_wanted or "a" in runs_wanted:
-            r, std_states[seed] = finetune(env, "std", seed)
+            r, std_state = finetune(env, "std", seed)
             record(r)
         if "dense_poe" in runs_wanted:
             record(finetune(env, "poe", seed)[0])
-    if "a" in runs_wanted:
-        for seed in seeds:
+        if "a" in runs_wanted:
             for s in sparsities:
                 for loss in ("std", "poe"):
-                    record(mask_train(env, loss, s, seed, std_states[seed]))
+                    record(mask_train(env, loss, s, seed, std_state))
     if "c" in runs_wanted:
         for seed in seeds:
             for s in sparsities:
