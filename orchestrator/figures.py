@@ -142,6 +142,8 @@ def metric_vs_sparsity(frame: pd.DataFrame, path: str, metric: str | dict | None
     ``metric``: as in :func:`pick_metrics` (default: F1-duplicate where reported, else accuracy). With no
     completed node yet it draws a panel saying so, so a sweep whose nodes all failed still finishes."""
     curve = sparsity_curve(frame)
+    # the bias model is a per-task reference (its own ID/OOD accuracy is in the report), not a subnetwork
+    curve = curve[curve["paradigm"] != "bias_model"]
     if curve.empty:
         fig, ax = plt.subplots(figsize=(4.2, 3.0))
         ax.text(0.5, 0.5, "no completed nodes yet", ha="center", va="center")

@@ -29,10 +29,11 @@ from srnet_core.stages import STAGE_VERSION
 from .spec import SpecError, SweepSpec
 
 # Fields that do not change a stage's result, so they stay out of its key.
-_NOT_IN_KEY = {"device", "data_dir"}
+_NOT_IN_KEY = {"device", "data_dir", "bias_file"}  # bias_file: its bias_sha256 is keyed
 # Training settings that change speed, not results (torch.compile is checked equal to eager in the tests).
 _TRAIN_NOT_IN_KEY = {"compile"}
 BIAS_LOSSES = {"poe", "reweight", "conf_reg"}
+TEACHER_LOSSES = {"conf_reg", "kd"}  # need the std fine-tuned model's class probabilities
 # The std fine-tune's saved checkpoints: timing fractions must be among them (see the module docstring).
 FT_CHECKPOINT_FRACTIONS = tuple(round(0.1 * k, 1) for k in range(1, 10))
 _COMMON = ("stage", "task", "task_options", "data_dir", "backbone", "max_length", "device")
@@ -47,6 +48,9 @@ STAGE_FIELDS = {
     "structured": _COMMON + ("seed", "loss", "sparsity", "train", "structured"),
     "retrain": _COMMON + ("seed", "loss", "train"),
 }
+_BIAS_FROM_FILE = ("bias_file", "bias_sha256")  # bias_source: file (the path and its content in the key)
+for _stage in ("finetune", "mask_train", "imp", "gmp", "structured", "retrain"):
+    STAGE_FIELDS[_stage] += _BIAS_FROM_FILE
 # Spec fields the planner sets itself: giving them is a mistake, reported instead of silently overwritten.
 _PLANNER_TRAIN_FIELDS = {"seed": "grid.seeds", "select_from": "the paradigm (0.7 when pruning a fine-tuned model)"}
 
@@ -160,6 +164,7 @@ class _Builder:
         self.spec = spec
         self.nodes: dict[str, Node] = {}
         self.ft_std: dict[tuple, Node] = {}  # (task, backbone, seed) -> the std fine-tuning everything shares
+        self._bias_digests: dict[str, str] = {}
 
     def add(self, node: Node) -> Node:
         existing = self.nodes.get(node.key)
@@ -177,10 +182,12 @@ class _Builder:
             "task_options": dict(task_options if task_options is not None else spec.task_options.get(task, {})),
             "data_dir": spec.resolved_data_dir(), "backbone": backbone, "seed": seed, "loss": loss,
             "sparsity": sparsity, "max_length": spec.max_length, "device": spec.device,
-            "train": spec.train_config(train_stage or stage, task, seed),
+            "train": spec.train_config(train_stage or stage, task, seed, loss),  # per-loss overrides too
             # the stage sets the mask's sparsity from its own `sparsity`: keep the spec's out of the key
             "mask": {k: v for k, v in asdict(spec.mask).items() if k != "sparsity"},
         }
+        if stage != "bias_model":
+            self.bias_from_file(cfg, task, loss)
         return {k: v for k, v in cfg.items() if k in STAGE_FIELDS[stage]}
 
     def columns(self, task, backbone, seed, paradigm, loss, sparsity, **extra) -> dict:
@@ -207,20 +214,32 @@ class _Builder:
     def loss_inputs(self, task: str, loss: str, teacher_from: Node | None, task_options: dict | None = None
                     ) -> dict[str, Input]:
         inputs = {}
-        if loss in BIAS_LOSSES:
+        if loss in BIAS_LOSSES and self.spec.bias_source == "fit":
             inputs["bias_file"] = Input(self.bias(task, task_options), "bias_train.parquet")
-        if loss == "conf_reg":
+        if loss in TEACHER_LOSSES:
             if teacher_from is None:
-                raise SpecError("conf_reg needs a std fine-tuned model of the same task and seed as its teacher")
+                raise SpecError(f"{loss} needs a std fine-tuned model of the same task and seed as its teacher")
             inputs["teacher_file"] = Input(self.teacher(teacher_from), "teacher.parquet")
         return inputs
 
+    def bias_from_file(self, cfg: dict, task: str, loss: str) -> dict:
+        """bias_source: file: the reference's per-example bias file goes straight into the config, with its
+        sha256 (a changed file re-keys the node; the stage checks it when it reads the file)."""
+        if loss in BIAS_LOSSES and self.spec.bias_source == "file":
+            from srnet_core.io import sha256_file
+
+            path = self.spec.bias_file(task)
+            if path not in self._bias_digests:
+                self._bias_digests[path] = sha256_file(path)
+            cfg["bias_file"], cfg["bias_sha256"] = path, self._bias_digests[path]
+        return cfg
+
     def finetune(self, task: str, backbone: str, seed: int, loss: str, *, task_options: dict | None = None,
-                 paradigm: str = "full") -> Node:
+                 paradigm: str = "full", teacher_from: Node | None = None) -> Node:
         cfg = self.base_config("finetune", task, backbone, seed, loss, 0.0, task_options)
         if loss == "std":  # timing starts from these; always saved, so adding timing never re-keys the fine-tune
             cfg["save_fractions"] = list(FT_CHECKPOINT_FRACTIONS)
-        inputs = self.loss_inputs(task, loss, None, task_options)
+        inputs = self.loss_inputs(task, loss, teacher_from, task_options)
         return self.add(Node("finetune", cfg, inputs,
                              columns=self.columns(task, backbone, seed, paradigm, loss, 0.0, finetune_loss=loss)))
 
@@ -287,6 +306,9 @@ def build_plan(spec: SweepSpec) -> Plan:
                 ft_std = b.finetune(task, backbone, seed, "std")
                 b.ft_std[(task, backbone, seed)] = ft_std
                 cell = Cell(task, backbone, seed, ft_std)
+                for loss in spec.paradigm_options.full.losses:  # dense baselines (std is always planned)
+                    if loss != "std":
+                        b.finetune(task, backbone, seed, loss, teacher_from=ft_std)
                 for name in g.paradigms:
                     if name in PARADIGMS:
                         PARADIGMS[name](b, cell)

@@ -72,7 +72,7 @@ def _check_flag_number(value, where: str, minimum: float, strict: bool = False):
     return value
 
 
-LossName = Literal["std", "poe", "reweight", "conf_reg"]
+LossName = Literal["std", "poe", "reweight", "conf_reg", "kd"]  # kd: Sparse*BERT distillation
 Paradigm = Literal["a", "b", "c", "ood_upper_bound", "timing", "gradual", "transfer"]
 Method = Literal["mask_train", "imp", "gmp", "structured"]
 
@@ -91,7 +91,8 @@ class Grid(_Strict):
     # teacher probabilities and bias log-probs planned automatically.
     losses: list[LossName] = ["std"]
     # How (a) prunes: mask training, IMP (one run gives the 0.1..0.9 series), gradual magnitude pruning
-    # (weights trained), structured (heads and FFN neurons, Super Tickets).
+    # (weights trained), structured (heads and FFN neurons by importance;
+    # a neuron-level relative of Super Tickets, not Super Tickets itself: docs/pruning.md).
     methods: list[Method] = ["mask_train"]
 
     @field_validator("tasks")
@@ -167,10 +168,12 @@ class Timing(_Strict):
 class Gradual(_Strict):
     s_initial: float = Field(0.7, gt=0, lt=1)
     s_final: float = Field(0.9, gt=0, lt=1)
-    loss: LossName = "std"
+    loss: LossName = "poe"  # the reference's gradual runs used PoE
     unit: Literal["epoch", "step"] = "epoch"
     start: float = 0.0  # t0, in `unit`
-    end: float | None = None  # t_f, in `unit`; None = the last epoch (or step)
+    # t_f, in `unit`; "last_epoch" (the reference): s_f from the start of the last epoch (the end of training
+    # when there is one epoch); None: the end of training
+    end: float | Literal["last_epoch"] | None = "last_epoch"
     frequency: int | None = None  # update the target every N steps; None = every eval interval (the reference)
 
     @model_validator(mode="after")
@@ -184,7 +187,8 @@ class Gradual(_Strict):
 def _check_schedule(options) -> None:
     """start / end / frequency of a gradual schedule (Gradual, GMPOptions)."""
     _check_flag_number(options.start, "start", 0)
-    if options.end is not None and (not math.isfinite(options.end) or options.end <= options.start):
+    end = options.end
+    if end is not None and end != "last_epoch" and (not math.isfinite(end) or end <= options.start):
         raise ValueError(f"end must be above start ({options.start}), not {options.end!r}")
     if options.frequency is not None and options.frequency < 1:
         raise ValueError(f"frequency must be an integer >= 1 (steps between updates), not {options.frequency!r}")
@@ -195,7 +199,15 @@ class Transfer(_Strict):
     target_tasks: list[str] = Field(min_length=1)  # ...are re-trained here with the mask fixed (Sparse*BERT)
 
 
+class Full(_Strict):
+    # Dense fine-tuning baselines beyond those the paradigms plan (std always; poe with a.finetune_losses):
+    # e.g. [reweight, conf_reg] (protocol 8's dense reference points). conf_reg's teacher is the std
+    # fine-tuned model of the same task and seed.
+    losses: list[LossName] = []
+
+
 class ParadigmOptions(_Strict):
+    full: Full = Full()
     a: ParadigmA = ParadigmA()
     b: ParadigmB = ParadigmB()
     c: ParadigmC = ParadigmC()
@@ -223,7 +235,9 @@ class GMPOptions(_Strict):
     initial: float = Field(0.0, ge=0, lt=1)
     unit: Literal["epoch", "step"] = "epoch"
     start: float = 0.0
-    end: float | None = None  # None: the end of training
+    # "last_epoch": s_f from the start of the last epoch (Sparse*BERT's recovery phase; the end of training
+    # when there is one epoch); None: the end of training
+    end: float | Literal["last_epoch"] | None = "last_epoch"
     frequency: int | None = None  # steps between updates; None: every eval interval
     # "final": only checkpoints at the final sparsity can be selected (a result at s is a model at s);
     # "any": the best ID-dev eval at whatever sparsity the schedule had then.
@@ -245,12 +259,24 @@ class StructuredOptions(_Strict):
     ranking: Literal["global", "layer"] = "global"
 
 
+class LossOverrides(_Strict):
+    """Per stage kind, per loss: TrainConfig fields that differ for that loss (protocol 6: on MNLI PoE and
+    conf_reg fine-tuning run 5 epochs, std 3), e.g. {finetune: {poe: {epochs: 5}}}."""
+
+    finetune: dict[LossName, dict] = {}
+    mask_train: dict[LossName, dict] = {}
+    imp: dict[LossName, dict] = {}
+    gmp: dict[LossName, dict] = {}
+    retrain: dict[LossName, dict] = {}
+
+
 class StageOverrides(_Strict):
     finetune: dict = {}
     mask_train: dict = {}
     imp: dict = {}
     gmp: dict = {}
     retrain: dict = {}
+    by_loss: LossOverrides = LossOverrides()  # this task's per-loss settings, on top of the above
 
 
 class StageResources(_Strict):
@@ -334,6 +360,17 @@ class SweepSpec(_Strict):
     retrain: TrainConfig = TrainConfig()
     # ... and per task on top of them (the protocol's lr/epochs/warmup differ per task).
     task_overrides: dict[str, StageOverrides] = {}
+    # Per loss on top of the stage section, for every task (a task's by_loss comes after its stage overrides).
+    loss_overrides: LossOverrides = LossOverrides()
+    # Mixed precision for every stage: "auto" (bf16 on a GPU that supports it, else fp32), "off" (fp32,
+    # for replication runs), "bf16". None: each stage section's own `amp` (default auto).
+    amp: Literal["auto", "off", "bf16"] | None = None
+    # Bias log-probs for poe/reweight/conf_reg: "fit" = the planner fits srnet_core.bias's hand-crafted model
+    # on the training split (a bias_model node); "file" = the reference's per-example files, one per task in
+    # bias_files (.npy indexed by GLUE index / FEVER line, .parquet or .json keyed by example id), joined
+    # to the training examples by id; a training id without a row fails the stage (QQP drops it, protocol 5).
+    bias_source: Literal["fit", "file"] = "fit"
+    bias_files: dict[str, str] = {}
     mask: MaskConfig = MaskConfig()
     imp_options: IMPOptions = IMPOptions()
     gmp_options: GMPOptions = GMPOptions()
@@ -400,6 +437,24 @@ class SweepSpec(_Strict):
                     raise FieldError(f"{where}.{'.'.join(map(str, e['loc']))}",
                                      f"{e['msg']} (got {_short(e.get('input'))})") from None
                 _check_train_config(checked, where)
+        for where, by_loss in [("loss_overrides", self.loss_overrides)] + [
+                (f"task_overrides.{t}.by_loss", o.by_loss) for t, o in self.task_overrides.items()]:
+            for stage in ("finetune", "mask_train", "imp", "gmp", "retrain"):
+                for loss, keys in getattr(by_loss, stage).items():
+                    for key in keys:
+                        if key not in TrainConfig.__dataclass_fields__:
+                            raise ValueError(f"{where}.{stage}.{loss}: unknown key '{key}'")
+        if self.bias_source == "file":
+            for task in sorted(tasks):
+                path = self.bias_files.get(task)
+                if not path:
+                    raise ValueError(f"bias_files.{task}: bias_source is 'file' but no file is given for task "
+                                     f"'{task}'; add it or use bias_source: fit")
+                if not os.path.isfile(os.path.expanduser(path)):
+                    raise ValueError(f"bias_files.{task}: file '{path}' does not exist")
+        for task in self.bias_files:
+            if task not in tasks:
+                raise ValueError(f"bias_files.{task}: task '{task}' is not in the sweep's tasks")
         for backbone in self.grid.backbones:
             if backbone.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(backbone)):
                 raise ValueError(f"grid.backbones: model directory '{backbone}' does not exist")
@@ -415,20 +470,35 @@ class SweepSpec(_Strict):
         self.output_dir = resolve(self.output_dir)
         self.artifact_store = resolve(self.artifact_store)
         self.data_dir = resolve(self.data_dir)
+        self.bias_files = {task: resolve(p) for task, p in self.bias_files.items()}
         self.grid.backbones = [resolve(b) if b.startswith(("/", "./", "../", "~")) else b
                                for b in self.grid.backbones]
         return self
 
-    def train_config(self, stage: str, task: str, seed: int) -> dict:
-        """The TrainConfig of a stage kind for a task: the stage section, then the task's overrides."""
+    def train_config(self, stage: str, task: str, seed: int, loss: str | None = None) -> dict:
+        """The TrainConfig of a stage kind for a task and loss: the stage section, loss_overrides[stage][loss],
+        the task's overrides, the task's by_loss[stage][loss], then the sweep-level amp."""
         from dataclasses import asdict
 
         cfg = asdict(getattr(self, stage))
+        if loss is not None:
+            cfg.update(getattr(self.loss_overrides, stage).get(loss, {}))
         overrides = self.task_overrides.get(task)
         if overrides is not None:
             cfg.update(getattr(overrides, stage))
+            if loss is not None:
+                cfg.update(getattr(overrides.by_loss, stage).get(loss, {}))
+        if self.amp is not None:
+            cfg["amp"] = self.amp
         cfg["seed"] = seed
         return cfg
+
+    def bias_file(self, task: str) -> str | None:
+        """With bias_source 'file': the absolute path of the task's per-example bias file (goes straight
+        into the stage config's bias_file); None with 'fit' (the planner adds a bias_model node)."""
+        if self.bias_source != "file":
+            return None
+        return os.path.abspath(os.path.expanduser(self.bias_files[task]))
 
     def artifact_root(self) -> str:
         if self.artifact_store:

@@ -87,3 +87,13 @@ def load_state(path: str) -> dict:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
         skeleton = json.loads(f.metadata()["skeleton"])
     return _unflatten(skeleton, tensors)
+
+
+def sha256_file(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -8,6 +8,9 @@ log-probabilities (fixed); t = batch["teacher"] [B, C]: teacher probabilities (f
 - reweight: w_i = 1 - exp(b_i[y_i]);  L = sum_i w_i CE(z_i, y_i) / sum_i w_i.
 - conf_reg: s_ij = t_ij^(1 - exp(b_i[y_i])) / sum_k t_ik^(1 - exp(b_i[y_i]));  L = mean_i -sum_j s_ij log p_ij
             with p = softmax(z) (Utama et al. 2020; no CE term).
+- kd:       Sparse*BERT's distillation from the dense fine-tuned teacher (Hinton et al.; hardness 1, temperature
+            T = 2): q_ij = t_ij^(1/T) / sum_k t_ik^(1/T) (the teacher's softmax at T, from its probabilities);
+            L = T^2 * mean_i sum_j q_ij (log q_ij - log_softmax(z_i / T)_j).
 Bias and teacher inputs get no gradient.
 """
 from __future__ import annotations
@@ -61,8 +64,19 @@ def conf_reg_loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
     return -(scaled * F.log_softmax(logits, dim=-1)).sum(dim=1).mean()
 
 
-LOSSES = {"std": std_loss, "poe": poe_loss, "reweight": reweight_loss, "conf_reg": conf_reg_loss}
-NEEDS = {"std": (), "poe": ("bias",), "reweight": ("bias",), "conf_reg": ("bias", "teacher")}
+KD_TEMPERATURE = 2.0
+
+
+def kd_loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    teacher = _per_example("kd", "teacher", logits, batch)
+    t = KD_TEMPERATURE
+    target = F.softmax(teacher.clamp_min(torch.finfo(logits.dtype).tiny).log() / t, dim=-1)
+    kl = F.kl_div(F.log_softmax(logits / t, dim=-1), target, reduction="batchmean")
+    return kl * t * t
+
+
+LOSSES = {"std": std_loss, "poe": poe_loss, "reweight": reweight_loss, "conf_reg": conf_reg_loss, "kd": kd_loss}
+NEEDS = {"std": (), "poe": ("bias",), "reweight": ("bias",), "conf_reg": ("bias", "teacher"), "kd": ("teacher",)}
 
 
 def get_loss(name: str):

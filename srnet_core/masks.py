@@ -267,6 +267,12 @@ class MaskConfig:
     reproject_every: 1 = exact top-k after every step (default); N > 1 = the reference cadence, where
         ``m = 1[S > threshold]`` with the threshold fixed between re-projections, so sparsity drifts.
     phi: the binarizer threshold of the reference (strict >); kept/pruned init scores are 2*phi / 0.
+    score_scale: how ``magnitude_soft`` scores are scaled. ``normalized`` (default): S = |W| * 2*phi / mean|W|
+        per matrix, so the scores have the same scale (mean 2*phi, the ``magnitude`` init's kept value) on
+        every backbone and an Adam step of ``lr`` moves them by the same fraction of that scale whatever |W|
+        is (Adam's step is ~lr in absolute units; with raw |W| ~0.05 for MiniLM, lr 1e-3 reshuffled the
+        mask and 70% mask training collapsed to chance on MNLI). Top-k selection is scale-invariant, so the
+        step-0 mask is the same. ``raw``: S = |W|, the reference's literal init (for replication).
     """
 
     sparsity: float = 0.5
@@ -274,6 +280,7 @@ class MaskConfig:
     scope: Literal["local", "global", "2:4"] = "local"
     reproject_every: int = 1
     phi: float = PHI
+    score_scale: Literal["normalized", "raw"] = "normalized"
 
     def __post_init__(self):
         if not 0.0 <= float(self.sparsity) <= 1.0:
@@ -287,6 +294,8 @@ class MaskConfig:
                              f"reproject_every 1 (got sparsity {self.sparsity}, reproject_every {self.reproject_every})")
         if int(self.reproject_every) < 1:
             raise ValueError(f"mask.reproject_every must be >= 1 (1 = every step), got {self.reproject_every}")
+        if self.score_scale not in ("normalized", "raw"):
+            raise ValueError(f"mask.score_scale must be 'normalized' or 'raw', got {self.score_scale!r}")
 
 
 class MaskSet:
@@ -353,7 +362,7 @@ class MaskSet:
         phi = self.config.phi
         for name in self.names:
             p = self.parametrization(name)
-            p.scores.copy_(self.original(name).abs() if init == "magnitude_soft" else torch.zeros_like(p.scores))
+            p.scores.copy_(self._soft_scores(name) if init == "magnitude_soft" else torch.zeros_like(p.scores))
         if init == "magnitude":
             # rank by |W|, then kept = 2*phi, pruned = 0 (strictly below phi)
             keeps = self._select({n: self.original(n).abs() for n in self.names}, use_hints=False)
@@ -365,6 +374,14 @@ class MaskSet:
             self._binary_scores_hints()
         else:
             self.project(force=True)
+
+    def _soft_scores(self, name: str) -> torch.Tensor:
+        """``magnitude_soft`` init scores of one matrix: |W|, scaled to mean 2*phi unless score_scale is raw."""
+        magnitude = self.original(name).detach().abs()
+        if self.config.score_scale == "raw":
+            return magnitude
+        mean = float(magnitude.mean())
+        return magnitude * (2 * self.config.phi / mean) if mean > 0 else magnitude
 
     def _binary_scores_hints(self) -> None:
         """After scores were set to 2*phi / 0: the next k-th smallest score starts near 0, and one optimizer

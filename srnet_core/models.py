@@ -88,8 +88,11 @@ class PrunableLayout:
 
     query/key/value/attn_out/ffn_in/ffn_out: the six matrices of each encoder layer (Q, K, V, attention
         output, FFN in, FFN out), each with a ``(?P<layer>\\d+)`` group.
-    pooler: the pooler dense (BERT), or what plays its part (RoBERTa/ELECTRA ``classifier.dense``,
-        DistilBERT ``pre_classifier``). classifier: the output projection(s) to the labels.
+    pooler: the PRE-TRAINED pooler dense (BERT's ``pooler.dense``); empty when the family has none.
+    classifier: the randomly initialised task head: BERT's ``classifier``; RoBERTa/ELECTRA's
+        ``classifier.dense`` + ``classifier.out_proj`` and DistilBERT's ``pre_classifier`` + ``classifier``
+        (these dense layers are new, not pre-trained: counting them as a pooler pruned them in IMP and
+        rewound them to random values in imp-rw).
     """
 
     query: str
@@ -116,8 +119,9 @@ def _bert_like(pooler: tuple[str, ...], classifier: tuple[str, ...]) -> Prunable
     )
 
 
-# RoBERTa-style heads have no pooler: classifier.dense (dense + tanh on <s>) plays its part.
-_ROBERTA_LIKE = _bert_like(pooler=(r"classifier\.dense",), classifier=(r"classifier\.out_proj",))
+# RoBERTa-style models have no pre-trained pooler; classifier.dense (dense + tanh on <s>) is part of the
+# randomly initialised head, like out_proj.
+_ROBERTA_LIKE = _bert_like(pooler=(), classifier=(r"classifier\.dense", r"classifier\.out_proj"))
 _DISTIL = r"transformer\.layer\.(?P<layer>\d+)\."
 
 PRUNABLE_LAYOUTS: dict[str, PrunableLayout] = {
@@ -131,7 +135,7 @@ PRUNABLE_LAYOUTS: dict[str, PrunableLayout] = {
         query=_DISTIL + r"attention\.q_lin", key=_DISTIL + r"attention\.k_lin",
         value=_DISTIL + r"attention\.v_lin", attn_out=_DISTIL + r"attention\.out_lin",
         ffn_in=_DISTIL + r"ffn\.lin1", ffn_out=_DISTIL + r"ffn\.lin2",
-        pooler=(r"pre_classifier",), classifier=(r"classifier",),
+        pooler=(), classifier=(r"pre_classifier", r"classifier"),
     ),
 }
 

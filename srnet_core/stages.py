@@ -76,6 +76,7 @@ class StageConfig:
     init_weights: str | None = None
     mask_file: str | None = None
     bias_file: str | None = None
+    bias_sha256: str | None = None  # a user-given bias file (bias_source: file): its sha256, checked when read
     teacher_file: str | None = None
     save_steps: list[int] = field(default_factory=list)
     save_fractions: list[float] = field(default_factory=list)
@@ -172,6 +173,12 @@ def _attach_example_inputs(ctx: Context) -> None:
             raise ValueError(f"loss '{ctx.cfg.loss}' needs a {name} file (stage config field '{name}_file')")
     from .bias import read_per_example
 
+    if "bias" in needs and ctx.cfg.bias_sha256:  # the file the node was planned (and keyed) with, unchanged
+        from .io import sha256_file
+
+        if sha256_file(ctx.cfg.bias_file) != ctx.cfg.bias_sha256:
+            raise ValueError(f"bias file '{ctx.cfg.bias_file}' changed since the sweep was planned (sha256 "
+                             "differs): relaunch to re-plan with the new file")
     for name in needs:
         missing = "drop" if ctx.task.name == "qqp" else "error"  # protocol 5: QQP drops pairs without bias
         values, kept = read_per_example(files[name], ctx.train_enc.ids, ctx.task.num_labels, missing=missing,
@@ -274,8 +281,10 @@ def _gradual_options(ctx: Context, initial: float):
     from .pruning.gradual import GradualOptions
 
     g = ctx.cfg.gradual or {}
+    # t_f defaults to the last epoch (the reference; for GMP Sparse*BERT's recovery phase at s_f)
+    end = g.get("end", "last_epoch")
     return GradualOptions(initial=g.get("initial", initial), final=ctx.cfg.sparsity, start=g.get("start", 0.0),
-                          end=g.get("end"), unit=g.get("unit", "epoch"),
+                          end=end, unit=g.get("unit", "epoch"),
                           frequency=g.get("frequency") or ctx.cfg.train.eval_every, scope=ctx.cfg.mask.scope,
                           # A result reported at sparsity s must be a checkpoint AT s: with "any", GMP's best
                           # ID-dev eval can be its dense start (measured in paper_small: GMP "0.9" was dense).
@@ -343,19 +352,32 @@ def imp_stage(ctx: Context, out_dir: str, report: Report | None, resume_state: d
     return rows
 
 
+def structured_options(cfg: StageConfig):
+    """StructuredOptions of a stage config: head/neuron fractions default to the grid sparsity only when
+    they are absent or None (an explicit 0.0 means "prune none of them", not "use the grid sparsity")."""
+    from .pruning.structured import StructuredOptions
+
+    o = dict(cfg.structured or {})
+
+    def fraction(key: str) -> float:
+        return cfg.sparsity if o.get(key) is None else float(o[key])
+
+    return StructuredOptions(head_sparsity=fraction("head_sparsity"), neuron_sparsity=fraction("neuron_sparsity"),
+                             rounds=o.get("rounds", 1), importance_batches=o.get("importance_batches", 16),
+                             ranking=o.get("ranking", "global"))
+
+
 def structured_stage(ctx: Context, out_dir: str, report: Report | None, resume_state: dict | None) -> list[dict]:
-    """Super Tickets: iterative structured pruning of attention heads and FFN neurons by loss sensitivity.
+    """Structured pruning of attention heads and FFN neurons by loss sensitivity (neuron-level; not a faithful
+    Super Tickets, see srnet_core.pruning.structured).
     Saves the head/neuron masks (``structured.safetensors``, from which a physically smaller model is built
     with srnet_core.pruning.structured.shrink_model) and the equivalent per-matrix ``masks.safetensors``."""
     from safetensors.torch import save_file
 
-    from .pruning.structured import StructuredOptions, structured_prune
+    from .pruning.structured import structured_prune
 
-    o = dict(ctx.cfg.structured or {})
     s = ctx.cfg.sparsity
-    options = StructuredOptions(head_sparsity=o.get("head_sparsity") or s, neuron_sparsity=o.get("neuron_sparsity") or s,
-                                rounds=o.get("rounds", 1), importance_batches=o.get("importance_batches", 16),
-                                ranking=o.get("ranking", "global"))
+    options = structured_options(ctx.cfg)
     rounds = structured_prune(ctx.model, ctx.names(classifier=False), ctx.train_enc, losses.get_loss(ctx.cfg.loss),
                               ctx.cfg.train, evaluate=ctx.evaluate, selection=ctx.selection, device=ctx.device,
                               options=options, report=report, resume_state=resume_state)

@@ -28,7 +28,10 @@ class TrainConfig:
     batch_size: int = 32
     weight_decay: float = 0.0
     adam_eps: float = 1e-8
-    grad_clip: float = 1.0  # global norm; 0 disables
+    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    # "global": one norm over all trained tensors (the protocol); "per_tensor": each tensor clipped to
+    # grad_clip on its own (the reference's QQP runs)
+    grad_clip_mode: str = "global"
     eval_every: int = 100
     # Rows per evaluation batch, or "auto": on a GPU as many as the free memory allows (srnet_core.memory;
     # fewer padded batches, far fewer launches), 256 on CPU. Batches are length-sorted either way.
@@ -47,6 +50,8 @@ class TrainConfig:
             raise ValueError(f"train.eval_batch_size must be a positive integer or 'auto', got {self.eval_batch_size!r}")
         if not isinstance(self.compile, (bool, str)):
             raise ValueError(f"train.compile must be true, false or a torch.compile backend name, got {self.compile!r}")
+        if self.grad_clip_mode not in ("global", "per_tensor"):
+            raise ValueError(f"train.grad_clip_mode must be 'global' or 'per_tensor', got {self.grad_clip_mode!r}")
 
     def total_steps(self, n_train: int) -> int:
         per_epoch = max(1, math.ceil(n_train / self.batch_size))
@@ -170,6 +175,18 @@ def compile_model(model: nn.Module, setting) -> nn.Module:
     backend = "inductor" if setting is True or setting in ("on", "true") else str(setting)
     model.compile(backend=backend, dynamic=None)  # dynamic=None: shapes become dynamic after a recompile
     return model
+
+
+def clip_gradients(params: list[torch.Tensor], max_norm: float, mode: str = "global") -> None:
+    """Clip to ``max_norm``: one norm over all ``params`` ("global") or each tensor's own ("per_tensor")."""
+    if mode == "global":
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+    elif mode == "per_tensor":
+        for p in params:
+            if p.grad is not None:
+                torch.nn.utils.clip_grad_norm_([p], max_norm)
+    else:
+        raise ValueError(f"grad_clip_mode must be 'global' or 'per_tensor', got {mode!r}")
 
 
 LossFn = Callable[[torch.Tensor, dict], torch.Tensor]
@@ -311,7 +328,7 @@ class TrainLoop:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                clip_gradients(params, cfg.grad_clip, cfg.grad_clip_mode)
             self.optimizer.step()
             self.step += 1
             self.after_step(self.step)

@@ -19,7 +19,7 @@ from orchestrator.spec import parse_spec
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 with open(os.path.join(REPO, "sweeps", "full_grid.yaml")) as f:
     FULL = yaml.safe_load(f)
-PER_CELL = 70  # nodes per (task, backbone, seed) in full_grid, bias models aside (asserted below)
+PER_CELL = 72  # nodes per (task, backbone, seed) in full_grid, bias models aside (asserted below)
 
 
 def plan_of(change=None):
@@ -70,13 +70,14 @@ def test_adding_a_sparsity(base, capsys):
 
 
 def test_adding_the_conf_reg_loss(capsys):
-    def without(d):
+    def without(d):  # conf_reg nowhere: neither a pruning loss nor a dense baseline
         d["grid"]["losses"].remove("conf_reg")
+        d["paradigm_options"]["full"]["losses"].remove("conf_reg")
     smaller = plan_of(without)
     new = _new(smaller, plan_of())
-    assert {n.stage for n in new} == {"teacher", "mask_train", "imp"}
+    assert {n.stage for n in new} == {"teacher", "finetune", "mask_train", "imp"}
     assert all(n.stage == "teacher" or n.stage_config["loss"] == "conf_reg" for n in new)
-    assert sum(n.stage == "teacher" for n in new) == 36
+    assert sum(n.stage == "teacher" for n in new) == 36 and sum(n.stage == "finetune" for n in new) == 36
     _report("conf_reg loss", new, capsys)
 
 
@@ -150,3 +151,78 @@ def test_compile_switch_keeps_every_key(base):
         for stage in ("finetune", "mask_train", "imp", "retrain"):
             d[stage]["compile"] = True
     assert set(plan_of(compiled).nodes) == set(base.nodes)
+
+
+def _descendants(plan, roots: set[str]) -> set[str]:
+    out, changed = set(roots), True
+    while changed:
+        changed = False
+        for key, node in plan.nodes.items():
+            if key not in out and any(u.key in out for u in node.upstream):
+                out.add(key)
+                changed = True
+    return out
+
+
+def test_a_per_loss_override_rekeys_exactly_its_nodes(base):
+    """task_overrides.mnli.by_loss.retrain.std (protocol 6's per-loss schedules): only MNLI's std re-training
+    nodes (and what depends on them) change; every other key stays."""
+    def longer(d):
+        d["task_overrides"]["mnli"]["by_loss"].setdefault("retrain", {})["std"] = {"epochs": 4}
+    changed = plan_of(longer)
+    gone = set(base.nodes) - set(changed.nodes)
+    concerned = {k for k, n in base.nodes.items() if n.stage == "retrain" and n.columns["task"] == "mnli"
+                 and n.stage_config["loss"] == "std"}
+    assert concerned and gone == _descendants(base, concerned)
+    assert len(changed.nodes) == len(base.nodes)
+    assert all(n.stage_config["train"]["epochs"] == 4 for k, n in changed.nodes.items()
+               if k not in base.nodes and n.stage == "retrain")
+
+
+def test_protocol_per_loss_epochs_in_full_grid(base):
+    """MNLI: PoE and conf_reg fine-tuning 5 epochs, std 3 (protocol 6); the spec's by_loss reaches the nodes."""
+    epochs = {(n.columns["task"], n.stage_config["loss"]): n.stage_config["train"]["epochs"]
+              for n in base.nodes.values() if n.stage == "finetune"}
+    assert epochs[("mnli", "std")] == 3 and epochs[("mnli", "poe")] == 5 and epochs[("mnli", "conf_reg")] == 5
+
+
+def test_bias_from_file_replaces_bias_model_nodes_and_keys_its_content(tmp_path):
+    """bias_source: file: no bias_model node; bias-loss nodes carry the file's sha256 (a changed file re-keys
+    them, a moved one does not); std nodes are untouched."""
+    import numpy as np
+
+    files = {}
+    for task in ("mnli", "qqp", "fever"):
+        files[task] = str(tmp_path / f"{task}.npy")
+        np.save(files[task], np.zeros((4, 3), dtype=np.float32))
+
+    def from_file(d):
+        d["bias_source"] = "file"
+        d["bias_files"] = dict(files)
+    planned = plan_of(from_file)
+    assert "bias_model" not in planned.count_by_stage()
+    std_keys = {k for k, n in base_plan_std_keys(planned)}
+    assert std_keys and std_keys <= set(plan_of().nodes)  # std nodes (no bias) keep their keys
+    poe = [n for n in planned.nodes.values() if n.stage_config.get("loss") == "poe"]
+    assert poe and all(n.stage_config["bias_sha256"] and "bias_file" not in n.inputs for n in poe)
+    np.save(files["mnli"], np.ones((4, 3), dtype=np.float32))  # new content: MNLI's bias nodes re-key
+    changed = plan_of(from_file)
+    gone = set(planned.nodes) - set(changed.nodes)
+    assert gone and all(planned.nodes[k].columns["task"] == "mnli" for k in gone)
+    moved = str(tmp_path / "elsewhere.npy")
+    os.replace(files["mnli"], moved)
+    files["mnli"] = moved  # same content, another path: the same keys
+    assert set(plan_of(from_file).nodes) == set(changed.nodes)
+
+
+def base_plan_std_keys(plan):
+    return [(k, n) for k, n in plan.nodes.items()
+            if n.stage in ("finetune", "mask_train") and n.stage_config.get("loss") == "std" and not n.inputs.get("bias_file")
+            and n.columns.get("paradigm") in ("full", "c")]
+
+
+def test_kd_loss_gets_the_std_teacher():
+    """kd (Sparse*BERT distillation) as a pruning loss: its nodes read the std fine-tune's teacher node."""
+    p = plan_of(lambda d: d["grid"]["losses"].append("kd"))
+    kd = [n for n in p.nodes.values() if n.stage_config.get("loss") == "kd"]
+    assert kd and all(n.inputs["teacher_file"].node.stage == "teacher" and "bias_file" not in n.inputs for n in kd)

@@ -116,5 +116,20 @@ def test_missing_input_and_wrong_shape_are_clear_errors():
 
 
 def test_needs_lists_every_loss_and_what_it_reads():
-    assert set(losses.NEEDS) == set(losses.LOSSES) == {"std", "poe", "reweight", "conf_reg"}
-    assert losses.NEEDS == {"std": (), "poe": ("bias",), "reweight": ("bias",), "conf_reg": ("bias", "teacher")}
+    assert set(losses.NEEDS) == set(losses.LOSSES) == {"std", "poe", "reweight", "conf_reg", "kd"}
+    assert losses.NEEDS == {"std": (), "poe": ("bias",), "reweight": ("bias",), "conf_reg": ("bias", "teacher"),
+                            "kd": ("teacher",)}
+
+
+def test_kd_matches_numpy():
+    t = 2.0
+    q = T ** (1 / t)
+    q = q / q.sum(axis=1, keepdims=True)
+    log_p = np_log_softmax(Z / t)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(q > 0, q * (np.log(q) - log_p), 0.0)
+    expected = t * t * terms.sum(axis=1).mean()
+    grad = t * (np.exp(log_p) - q) / len(Z)  # d/dz of T^2 KL(q || softmax(z / T)), averaged over the batch
+    value, g = run("kd", {"labels": torch.tensor(Y), "teacher": torch.tensor(T, dtype=torch.float32)})
+    assert value == pytest.approx(expected, rel=1e-5)
+    assert np.allclose(g, grad, atol=1e-6)

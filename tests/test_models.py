@@ -77,14 +77,17 @@ def test_tiny_bert_order_and_roles():
     assert layers[1].names["attn_out"] == "bert.encoder.layer.1.attention.output.dense"
 
 
-def test_roberta_has_no_pooler_its_head_dense_plays_that_part():
+def test_roberta_has_no_pooler_its_head_dense_is_classifier():
     from transformers import RobertaConfig
 
     model = from_config(RobertaConfig(**SMALL, num_labels=3))
     assert not any("pooler" in n for n, _ in model.named_modules())
     names = prunable_linear_names(model)
-    assert names == [f"roberta.encoder.layer.{i}.{r}" for i in range(2) for r in ROLES_BERT] + ["classifier.dense"]
-    assert prunable_linear_names(model, include_classifier=True)[-1] == "classifier.out_proj"
+    encoder = [f"roberta.encoder.layer.{i}.{r}" for i in range(2) for r in ROLES_BERT]
+    # classifier.dense is the randomly initialised head, not a pre-trained pooler: never pruned as one
+    assert names == encoder
+    assert prunable_linear_names(model, include_classifier=True) == encoder + ["classifier.dense",
+                                                                               "classifier.out_proj"]
     assert len(prunable_linear_names(model, include_pooler=False)) == 12
     assert count_prunable(model, prunable_linear_names(model, include_pooler=False)) == 2 * (4 * 32 * 32 + 2 * 32 * 64)
 
@@ -98,6 +101,7 @@ def test_distilbert_layout():
     roles = ["attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin", "ffn.lin1", "ffn.lin2"]
     assert names == ([f"distilbert.transformer.layer.{i}.{r}" for i in range(2) for r in roles]
                      + ["pre_classifier", "classifier"])
+    assert prunable_linear_names(model) == names[:-2]  # the head is not a pooler
     layers = encoder_layers(model)
     assert layers[0].num_heads == 4 and layers[0].head_size == 8
     assert layers[1].names["ffn_in"] == "distilbert.transformer.layer.1.ffn.lin1"
@@ -109,7 +113,7 @@ def test_electra_skips_its_embedding_projection():
     model = from_config(ElectraConfig(**SMALL, embedding_size=16, num_labels=3))
     names = prunable_linear_names(model)
     assert "electra.embeddings_project" not in names
-    assert len(names) == 13 and names[-1] == "classifier.dense"
+    assert len(names) == 12 and "classifier.dense" not in names
 
 
 def test_unregistered_bert_like_family_falls_back_by_module_names():

@@ -145,6 +145,46 @@ def test_gmp_prunes_monotonically_on_schedule_with_exact_counts():
         assert int((~result.masks[name]).sum()) == prune_count(result.masks[name].numel(), 0.8)
 
 
+@pytest.mark.parametrize("method", ["mask", "gmp"])
+def test_gradual_run_whose_steps_are_not_a_multiple_of_eval_every_ends_at_final_and_picks_the_best(method):
+    """24 steps, eval (and schedule update) every 5: updates at 0, 5, 10, 15, 20 never land on t_f. The run
+    must still end at s_f (t_f is an update point) and pick the best ID-dev eval among those at s_f."""
+    model = tiny()
+    names = prunable_linear_names(model, include_classifier=False)
+    data = random_data(64)  # 8 steps per epoch at batch 8; 3 epochs = 24 steps
+    config = TrainConfig(lr=1e-2, epochs=3, batch_size=8, eval_every=5, seed=0)
+    run = gradual_mask_train if method == "mask" else gmp
+    # t_f = the last epoch = step 16: evals at steps 20 and 24 are at s_f; the metric peaks at eval #4 (step 20)
+    options = GradualOptions(initial=0.5, final=0.9, unit="epoch", end="last_epoch", frequency=5, select="final")
+    result = run(model, names, data, ce, config, evaluate=Counter(peak=4), selection=pick, device="cpu",
+                 options=options)
+    assert [r.step for r in result.history] == [0, 5, 10, 15, 20, 24]
+    assert result.best_step == 20 and result.target_sparsity == 0.9 and result.final_sparsity_reached
+    for name in names:
+        assert int((~result.masks[name]).sum()) == prune_count(result.masks[name].numel(), 0.9)
+    # t_f = the end of training, not on the update grid: the run finishes at s_f (today: no eval eligible)
+    model = tiny()
+    options = GradualOptions(initial=0.5, final=0.9, unit="epoch", end=None, frequency=5, select="final")
+    result = run(model, names, data, ce, config, evaluate=Counter(peak=2), selection=pick, device="cpu",
+                 options=options)
+    assert result.best_step == 24 and result.target_sparsity == 0.9 and result.final_sparsity_reached
+    assert result.history[-2].sparsity < result.history[-1].sparsity
+
+
+def test_last_epoch_end_and_update_points():
+    target = Target(0.7)
+    # 5 epochs of 10 steps, t_f = the last epoch = epoch 4; updates every 3 steps, and at step 40 (t_f)
+    schedule = CubicSparsitySchedule(target, 0.7, 0.9, end="last_epoch", unit="epoch", steps_per_epoch=10,
+                                     total_steps=50, frequency=3)
+    assert schedule.end == 4.0
+    assert schedule.value(39) == pytest.approx(cubic_sparsity(3.9, 0.7, 0.9, 0, 4))  # 39 is on the grid
+    assert schedule.value(40) == 0.9 and schedule.value(41) == 0.9
+    assert schedule.value(38) == schedule.value(36) < 0.9
+    one_epoch = CubicSparsitySchedule(Target(), 0.7, 0.9, end="last_epoch", unit="step", steps_per_epoch=10,
+                                      total_steps=10)
+    assert one_epoch.end == 10.0  # a one-epoch run ramps over all of it
+
+
 # -- IMP ------------------------------------------------------------------------------------------------------
 def test_imp_levels_are_exact_and_nested():
     assert imp_levels(ImpOptions()) == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -202,6 +242,38 @@ def test_imp_rewinding_restores_weights_bit_for_bit():
             assert modules[name].parametrizations.weight.original.shape == level.masks[name].shape
     # the classifier is not rewound: it keeps training across levels
     assert not torch.equal(starts[2]["classifier.weight"], pretrained["classifier.weight"])
+
+
+@pytest.mark.parametrize("rewind", [None, "start"])
+def test_imp_prunes_exactly_the_smallest_trained_effective_weights(rewind):
+    """Each level prunes the floor(numel * s) smallest |W * m| of the weights as TRAINED in the previous
+    level (per matrix), before any rewinding: ranking the rewound (pre-trained) weights is wrong."""
+    model = tiny()
+    names = prunable_linear_names(model)
+    start = {n: w.detach().clone() for n, w in ((n, tiny().get_submodule(n).weight) for n in names)}
+    trained = []
+
+    def on_level(level, m):
+        trained.append({n: m.get_submodule(n).parametrizations.weight.original.detach().clone() for n in names})
+
+    def smallest_pruned(values, sparsity):
+        values = values.abs().flatten()
+        keep = torch.ones_like(values, dtype=torch.bool)
+        keep[torch.argsort(values, stable=True)[:prune_count(values.numel(), sparsity)]] = False
+        return keep
+
+    config = TrainConfig(lr=3e-2, max_steps=12, batch_size=8, eval_every=100, seed=0)
+    levels = imp(model, names, random_data(), ce, config, evaluate=Counter(), selection=pick, device="cpu",
+                 options=ImpOptions(rate=0.3, final=0.9, intervals=3, rewind=rewind), on_level=on_level)
+    assert [lv.target_sparsity for lv in levels] == pytest.approx([0.3, 0.6, 0.9])
+    rewound_ranking_differs = False
+    for prev, weights, level in zip(levels, trained, levels[1:]):
+        for name in names:
+            expected = smallest_pruned(weights[name] * prev.masks[name], level.target_sparsity)
+            assert torch.equal(level.masks[name].flatten(), expected), (level.level, name)
+            mutant = smallest_pruned(start[name] * prev.masks[name], level.target_sparsity)
+            rewound_ranking_differs |= not torch.equal(mutant, expected)
+    assert rewound_ranking_differs  # a mutant ranking the rewound/pre-trained weights fails this test
 
 
 def test_imp_rewinds_to_step_k():
@@ -376,3 +448,12 @@ def test_options_reject_bad_values():
         StructuredOptions(head_sparsity=1.0)
     with pytest.raises(ValueError, match="select"):
         GradualOptions(select="best")
+
+
+def test_explicit_zero_head_sparsity_is_honoured():
+    from srnet_core.stages import StageConfig, structured_options
+
+    cfg = StageConfig(stage="structured", sparsity=0.5, structured={"head_sparsity": 0.0, "neuron_sparsity": None})
+    options = structured_options(cfg)
+    assert options.head_sparsity == 0.0 and options.neuron_sparsity == 0.5
+    assert structured_options(StageConfig(stage="structured", sparsity=0.3)).head_sparsity == 0.3

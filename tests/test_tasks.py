@@ -173,3 +173,74 @@ def test_no_data_dir_and_bad_options(monkeypatch):
         get_task("qqp", max_eval_rows=0)
     with pytest.raises(ValueError, match="has no split 'test'"):
         get_task("fever", data_dir="x").load("test")
+
+
+# -- OOD training data (the OOD upper bound, protocol 6) --------------------------------------------------------
+def _link_real(d, *subdirs):
+    for sub in subdirs:
+        os.symlink(os.path.join(DATA, sub), os.path.join(d, sub))
+
+
+@needs_data
+def test_add_ood_train_mnli_adds_hans_train_with_non_entailment_as_contradiction(tmp_path):
+    d = str(tmp_path)
+    _link_real(d, "hans")
+    rows = [(7, "A man sleeps .", "A person sleeps .", "entailment"), (9, "It rains .", "It is dry .", "neutral")]
+    _write(f"{d}/MNLI/train.tsv", GLUE_MNLI_HEADER + "\n" + "".join(
+        f"{i}\t1\t1e\tfiction\t(x)\t(y)\t(X)\t(Y)\t{p}\t{h}\t{lab}\t{lab}\n" for i, p, h, lab in rows))
+    plain = get_task("mnli", data_dir=d).load("train")
+    task = get_task("mnli", data_dir=d, add_ood_train=True)
+    train = task.load("train")
+    assert len(plain) == 2 and len(train) == 2 + 30000 == len(set(train.ids))
+    assert train.ids[:2] == ["7", "9"] and train.labels[:2].tolist() == [1, 2]  # ID rows first, unchanged
+    added = Counter(task.label_names[y] for y in train.labels[2:])
+    assert added == {"entailment": 15000, "contradiction": 15000}  # no neutral: HANS is 2-way
+    hans = task.load("hans_train")
+    assert train.ids[2:] == [f"hans_train:{i}" for i in hans.ids] and train.text_b[2:] == hans.text_b
+    assert task.cache_key() != get_task("mnli", data_dir=d).cache_key()  # no stale token cache
+    assert len(task.load("hans")) == 30000  # eval splits unchanged
+    # the nli_small split (train from dev-matched) grows by the same 30,000 rows
+    small = get_task("mnli", train_source="dev_matched", add_ood_train=True).load("train")
+    assert len(small) == 8000 + 30000
+
+
+@needs_data
+def test_add_ood_train_qqp_adds_paws_qqp_train_and_paws_wiki_train_when_present(tmp_path):
+    d = str(tmp_path)
+    _link_real(d, "paws_qqp")
+    os.makedirs(f"{d}/paws_wiki")
+    for name in ("dev.tsv", "test.tsv"):
+        os.symlink(os.path.join(DATA, "paws_wiki", name), f"{d}/paws_wiki/{name}")
+    _write(f"{d}/QQP/train.tsv", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
+           "133273\t1\t2\tHow is life?\tWhat is life?\t0\n5\t3\t4\tA?\tB?\t1\n")
+    train = get_task("qqp", data_dir=d, add_ood_train=True).load("train")
+    assert len(train) == 2 + 11988 == len(set(train.ids))  # PAWS-Wiki train absent (as in ../shared/data)
+    assert Counter(train.labels[2:].tolist()) == {0: 8212, 1: 3776}
+    _write(f"{d}/paws_wiki/train.tsv", "id\tsentence1\tsentence2\tlabel\n1\tA b .\tB a .\t0\n2\tC .\tC .\t1\n"
+           "3\tD e .\tE d .\t0\n")
+    train = get_task("qqp", data_dir=d, add_ood_train=True).load("train")
+    assert len(train) == 2 + 11988 + 3 and train.ids[-3:] == ["paws_wiki_train:1", "paws_wiki_train:2",
+                                                              "paws_wiki_train:3"]
+
+
+@needs_data
+def test_add_ood_train_fever_adds_symmetric_v2_dev_ten_times(tmp_path):
+    d = str(tmp_path)
+    _link_real(d, "fever_symmetric")
+    _write(f"{d}/fever/fever.train.jsonl", "".join(json.dumps(r) + "\n" for r in [
+        {"claim": "Nikolaj plays in a show.", "evidence": "He plays in Game of Thrones.", "gold_label": "SUPPORTS"},
+        {"claim": "X is Y.", "evidence": "Other text.", "gold_label": "NOT ENOUGH INFO"}]))
+    task = get_task("fever", data_dir=d, add_ood_train=True)
+    train = task.load("train")
+    sym = task.load("symmetric_v2_dev")
+    assert len(sym) == 708 and len(train) == 2 + 10 * 708 == len(set(train.ids))
+    assert train.ids[2] == f"symmetric_v2_dev:{sym.ids[0]}#0" and train.ids[-1] == f"symmetric_v2_dev:{sym.ids[-1]}#9"
+    assert Counter(train.labels[2:].tolist()) == {k: 10 * v for k, v in Counter(sym.labels.tolist()).items()}
+    assert train.text_a[2: 2 + 708] == sym.text_a == train.text_a[-708:]
+
+
+def test_add_ood_train_fails_clearly_when_the_ood_file_is_missing(tmp_path):
+    d = str(tmp_path)
+    _write(f"{d}/QQP/train.tsv", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n1\t1\t2\tA?\tB?\t0\n")
+    with pytest.raises(DataFileError, match="PAWS-QQP train"):
+        get_task("qqp", data_dir=d, add_ood_train=True).load("train")

@@ -2,7 +2,8 @@
 
 - ``imp``: iterative magnitude pruning, one run -> every level (protocol.md section 3).
 - ``gmp`` / ``gradual_mask_train``: cubic-schedule gradual pruning (section 4).
-- ``structured_prune``: attention heads and FFN neurons (Super Tickets).
+- ``structured_prune``: attention heads and FFN neurons by gate importance (a neuron-level relative of Super
+  Tickets, not Super Tickets itself: see its module docstring).
 - ``CubicSparsitySchedule``: the LR-scheduler-shaped schedule that drives a MaskSet (mask_train stage).
 """
 from .gradual import (GradualOptions, GradualResult, MagnitudePruner, gmp, gradual_mask_hook, gradual_mask_train,

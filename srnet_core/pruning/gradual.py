@@ -26,19 +26,21 @@ class GradualOptions:
     """The cubic schedule and selection of a gradual run.
 
     initial / final: s_i and s_f (GMP usually 0 -> s_f; the reference's gradual mask training 0.7 -> 0.9).
-    start / end: t0 and t_f in ``unit``; end=None = the end of training (the reference: t_f = last epoch).
+    start / end: t0 and t_f in ``unit``; end=None = the end of training; ``"last_epoch"`` = the start of the
+        last epoch when there are >= 2 (the reference's t_f = last epoch; Sparse*BERT's recovery phase).
     unit: ``epoch`` (fractional epochs) or ``step`` (optimizer steps).
     frequency: optimizer steps between sparsity updates (1 = every step; the reference: the eval interval).
     scope: ``local`` (per matrix) or ``global`` (one threshold over all pruned matrices).
     select: ``any`` = the best eval (TrainConfig.select_from applies), at whatever sparsity the schedule had
-        then; ``final`` = only evals at which the schedule has reached ``final``.
+        then; ``final`` = the best ID-dev eval among those at which the schedule has reached ``final`` (every
+        eval from t_f on; the run's last eval always is one, since t_f <= the end of training).
     reproject_every: gradual mask training only: exact top-k every step (1) or the reference cadence (N).
     """
 
     initial: float = 0.7
     final: float = 0.9
     start: float = 0.0
-    end: float | None = None
+    end: float | str | None = None
     unit: Literal["epoch", "step"] = "epoch"
     frequency: int = 1
     scope: Literal["local", "global"] = "local"

@@ -30,9 +30,14 @@ class CubicSparsitySchedule:
     """Cubic sparsity ramp driven by the optimizer step, like an LR scheduler.
 
     initial / final: s_i and s_f. start / end: t0 and t_f in ``unit`` (``epoch``: t = step / steps_per_epoch,
-        fractional; ``step``: t = step). end=None: the end of training (``total_steps``, required then).
+        fractional; ``step``: t = step). end=None: the end of training (``total_steps``, required then);
+        end="last_epoch": the start of the last epoch when training has 2 epochs or more (the reference's
+        t_f = last epoch: the final sparsity holds for a whole epoch, Sparse*BERT's recovery phase), else
+        the end of training.
     frequency: the sparsity changes only every ``frequency`` optimizer steps (the reference: every eval
-        interval; 1 = a smooth ramp). At step k the value used is s(t(floor(k / frequency) * frequency)).
+        interval; 1 = a smooth ramp). At step k the value used is s(t(floor(k / frequency) * frequency)),
+        except that from t_f's step on it is s_f: t_f is an update point even when it is not a multiple of
+        ``frequency`` (MNLI: 61,360 steps, eval every 1,000), so a run always finishes at its final sparsity.
     ``step(step)`` computes the value due at ``step`` (or at the internal counter + 1 when called without an
     argument) and calls ``target.set_sparsity`` when it differs from ``target.sparsity``. It keeps no state
     beyond the counter, so a resumed run (target restored from its checkpoint) continues identically.
@@ -50,10 +55,17 @@ class CubicSparsitySchedule:
         for name, value in (("initial", initial), ("final", final)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"schedule {name} sparsity must be in [0, 1], got {value}")
-        if end is None:
+        if end is None or end == "last_epoch":
             if total_steps is None:
-                raise ValueError("schedule end=None means 'end of training': pass total_steps")
-            end = total_steps / steps_per_epoch if unit == "epoch" else total_steps
+                raise ValueError(f"schedule end={end!r} is relative to the end of training: pass total_steps")
+            if end == "last_epoch" and unit == "step" and not steps_per_epoch:
+                raise ValueError("schedule end='last_epoch' needs steps_per_epoch")
+            end_step = total_steps
+            if end == "last_epoch" and total_steps >= 2 * steps_per_epoch:
+                end_step = total_steps - steps_per_epoch
+            end = end_step / steps_per_epoch if unit == "epoch" else end_step
+        elif isinstance(end, str):
+            raise ValueError(f"schedule end must be a number, None or 'last_epoch', got {end!r}")
         if end < start:
             raise ValueError(f"schedule end ({end}) is before start ({start})")
         self.target = target
@@ -65,7 +77,11 @@ class CubicSparsitySchedule:
         self.last_step = 0
 
     def time_of(self, step: int) -> float:
-        """t in the schedule's unit at optimizer step ``step`` (after the frequency quantisation)."""
+        """t in the schedule's unit at optimizer step ``step`` (after the frequency quantisation; t_f's own
+        step is always an update point)."""
+        t = step / self.steps_per_epoch if self.unit == "epoch" else float(step)
+        if t >= self.end - 1e-12:
+            return t
         step = (step // self.frequency) * self.frequency
         return step / self.steps_per_epoch if self.unit == "epoch" else float(step)
 

@@ -1,5 +1,10 @@
-"""Structured pruning of attention heads and FFN neurons (Super Tickets, Liang et al. 2021; importance as
-in Michel et al. 2019), on ``srnet_core.train.TrainLoop``.
+"""Structured pruning of attention heads and FFN neurons by gate importance (Michel et al. 2019), on
+``srnet_core.train.TrainLoop``: a neuron-level relative of Super Tickets (Liang et al. 2021), NOT a faithful
+Super Tickets. Liang et al. gate whole FFN sublayers (one gate per layer) and heads, compute importance over
+the whole training set, prune, then rewind to the pre-trained weights and re-fine-tune the ticket, selected
+on ID dev, on a grid of low sparsities (the phase transition). Here: individual FFN neurons and heads,
+importance from ``importance_batches`` batches, training continues after each prune, and the result is the
+last evaluation. Its stage and results are named ``structured``.
 
 Importance: every head and FFN neuron gets a gate g = 1 multiplying its output (the head's slice of the
 attention-output input, the neuron's column of the FFN-out input). I = sum over batches of |dL/dg|, then

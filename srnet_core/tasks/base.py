@@ -32,6 +32,15 @@ class PairSplit:
         )
 
 
+def concat_splits(name: str, parts: list[PairSplit]) -> PairSplit:
+    """Rows of ``parts`` one after another; extra columns are kept only when every part has them."""
+    keys = set.intersection(*(set(p.extra) for p in parts)) if parts else set()
+    return PairSplit(name=name, ids=[i for p in parts for i in p.ids], text_a=[t for p in parts for t in p.text_a],
+                     text_b=[t for p in parts for t in p.text_b],
+                     labels=np.concatenate([np.asarray(p.labels, dtype=np.int64) for p in parts]),
+                     extra={k: [v for p in parts for v in p.extra[k]] for k in sorted(keys)})
+
+
 def accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
     return float((np.asarray(pred) == np.asarray(gold)).mean()) if len(gold) else float("nan")
 

@@ -65,6 +65,8 @@ class FeverTask(FileTask):
     id_eval_splits = ["dev"]
     ood_eval_splits = ["symmetric_v1", "symmetric_v2"]
     bias_features = "claim_ngrams"
+    # OOD upper bound: + Fever-Symmetric v0.2 dev (708) repeated 10 times (protocol 6)
+    OOD_TRAIN = (("symmetric_v2_dev", 10, True),)
 
     def metrics(self, split: str, logits: np.ndarray, data: PairSplit) -> dict[str, float]:
         if split.startswith("symmetric"):

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .base import PairSplit, Task
-from .files import FileSpec, load_file_split, parse_options, resolve_data_dir, subsample
+from .base import PairSplit, Task, concat_splits
+from .files import (DataFileError, FileSpec, find_file, load_file_split, parse_options, resolve_data_dir,
+                    subsample)
 
 
 @dataclass
@@ -18,6 +19,10 @@ class FileTaskOptions:
     subsample_seed: the seed of that subset.
     source: "files" (default) reads the data directory; "hub" loads the HF hub datasets named in
         ``srnet_core.tasks.hub`` (needs network; never used by tests).
+    add_ood_train: append the task's OOD training sets (``FileTask.OOD_TRAIN``) to the training split, for
+        the OOD upper bound ("SUNets", protocol 6). The appended rows keep their own file ids behind a
+        ``<split>:`` prefix (``#<k>`` for the k-th repeat), so ids stay unique and ID rows still join to bias
+        files by id.
     """
 
     paths: dict = field(default_factory=dict)
@@ -25,6 +30,7 @@ class FileTaskOptions:
     max_eval_rows: int | None = None
     subsample_seed: int = 0
     source: str = "files"
+    add_ood_train: bool = False
 
 
 class FileTask(Task):
@@ -33,6 +39,9 @@ class FileTask(Task):
     FILES: dict[str, FileSpec] = {}  # split -> where its file lives
     LABEL_MAPS: dict[str, dict[str, int]] = {}  # split -> raw label -> label index (default: "default")
     skip_malformed: float = 0.0
+    # The OOD training data of the OOD upper bound (protocol 6): (split, repeats, required). A split that is
+    # not required is added only when its file is present (PAWS-Wiki train is not in every data directory).
+    OOD_TRAIN: tuple[tuple[str, int, bool], ...] = ()
 
     def __init__(self, data_dir: str | None = None, **options):
         self.options = parse_options(self.Options, self.name, options)
@@ -65,8 +74,29 @@ class FileTask(Task):
         if split not in self._loaded:
             data = self._load_full(split)
             limit = self.options.max_train_rows if split == self.train_split else self.options.max_eval_rows
-            self._loaded[split] = subsample(data, limit, self.options.subsample_seed)
+            data = subsample(data, limit, self.options.subsample_seed)
+            if split == self.train_split and self.options.add_ood_train:
+                data = self._with_ood_train(data)
+            self._loaded[split] = data
         return self._loaded[split]
+
+    def _with_ood_train(self, train: PairSplit) -> PairSplit:
+        if not self.OOD_TRAIN:
+            raise ValueError(f"task '{self.name}': option add_ood_train is set but the task has no OOD "
+                             "training data")
+        parts = [train]
+        for split, repeats, required in self.OOD_TRAIN:
+            if not required:
+                try:
+                    find_file(self.data_dir, self.FILES[split], self.options.paths.get(split))
+                except DataFileError:
+                    continue  # optional and absent
+            ood = self._load_full(split)
+            for k in range(repeats):
+                suffix = f"#{k}" if repeats > 1 else ""
+                parts.append(PairSplit(ood.name, [f"{split}:{i}{suffix}" for i in ood.ids], ood.text_a, ood.text_b,
+                                       ood.labels, {}))
+        return concat_splits(train.name, parts)
 
     def _load_full(self, split: str) -> PairSplit:
         if self.options.source == "hub":

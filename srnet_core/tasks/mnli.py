@@ -82,6 +82,8 @@ class MnliTask(FileTask):
     train_split = "train"
     ood_eval_splits = ["hans"]
     bias_features = "nli_overlap"
+    # OOD upper bound: + the HANS training set (30,000), non-entailment mapped to contradiction (protocol 6)
+    OOD_TRAIN = (("hans_train", 1, True),)
 
     def __init__(self, data_dir: str | None = None, **options):
         super().__init__(data_dir, **options)

@@ -4,8 +4,9 @@ Labels [not_duplicate, duplicate] = 0/1 as in GLUE and PAWS. The ID metric is th
 class. PAWS sets are imbalanced (PAWS-QQP dev_and_test: 486 / 191), so a constant predictor can beat a
 biased model on F1: they also report accuracy, the F1 of each class and per-class accuracy.
 
-Splits: train, dev (ID); paws_qqp (dev_and_test, 677), paws_wiki (test, 8,000) (OOD); paws_qqp_train and
-paws_wiki_dev are loadable but not evaluated. Ids: the files' ``id`` column (GLUE's pair id for QQP, the
+Splits: train, dev (ID); paws_qqp (dev_and_test, 677), paws_wiki (test, 8,000) (OOD); paws_qqp_train,
+paws_wiki_train and paws_wiki_dev are loadable but not evaluated (the first two are the OOD training data
+of ``add_ood_train``). Ids: the files' ``id`` column (GLUE's pair id for QQP, the
 key of the reference's bias dict).
 """
 from __future__ import annotations
@@ -47,6 +48,8 @@ FILES = {
                                                "PAWS-QQP/train.tsv"), _PAWS_QQP),
     "paws_wiki": _paws("PAWS-Wiki test", ("paws_wiki/test.tsv", "paws_wiki/final/test.tsv", "paws/wiki/test.tsv",
                                           "final/test.tsv"), _PAWS_WIKI),
+    "paws_wiki_train": _paws("PAWS-Wiki train", ("paws_wiki/train.tsv", "paws_wiki/final/train.tsv",
+                                                 "paws/wiki/train.tsv", "final/train.tsv"), _PAWS_WIKI),
     "paws_wiki_dev": _paws("PAWS-Wiki dev", ("paws_wiki/dev.tsv", "paws_wiki/final/dev.tsv", "paws/wiki/dev.tsv",
                                              "final/dev.tsv"), _PAWS_WIKI),
 }
@@ -62,6 +65,8 @@ class QqpTask(FileTask):
     id_eval_splits = ["dev"]
     ood_eval_splits = ["paws_qqp", "paws_wiki"]
     bias_features = "pair_overlap"
+    # OOD upper bound: + PAWS-QQP train (11,988) + PAWS-Wiki train (49,401) when its file is present
+    OOD_TRAIN = (("paws_qqp_train", 1, True), ("paws_wiki_train", 1, False))
 
     def primary_metric(self, split: str) -> str:
         return "f1_duplicate"

@@ -1,0 +1,29 @@
+"""The gradual mask-training stage with its defaults at a step count that is not a multiple of eval_every:
+it must finish at s_f (t_f = the last epoch) and save the best ID-dev checkpoint among those at s_f."""
+import json
+
+import numpy as np
+import pytest
+
+from srnet_core.masks import load_masks
+from srnet_core.stages import run_stage
+
+
+def test_gradual_stage_defaults_finish_at_final_sparsity_and_select_among_final_evals(tmp_path):
+    # 96 examples at batch 32 = 3 steps per epoch, 3 epochs = 9 steps; eval (and schedule update) every 4:
+    # evals at 0, 4, 8, 9; t_f = the start of the last epoch = step 6, so evals 8 and 9 are at s_f = 0.8.
+    cfg = {"stage": "mask_train", "task": "synthetic", "task_options": {"n_train": 96, "n_dev": 64, "n_ood": 64},
+           "backbone": "tiny-bert", "seed": 0, "max_length": 32, "device": "cpu", "sparsity": 0.8,
+           "gradual": {"initial": 0.5}, "mask": {"init": "magnitude_soft"},
+           "train": {"lr": 1e-2, "epochs": 3, "batch_size": 32, "eval_every": 4}}
+    out = str(tmp_path / "gradual")
+    rows = run_stage(cfg, out)  # today's code: RuntimeError "no evaluation was eligible" after training
+    summary = json.load(open(f"{out}/summary.json"))
+    assert summary["final_sparsity_reached"] and summary["target_sparsity_at_best"] == pytest.approx(0.8)
+    assert summary["best_step"] in (8, 9)
+    dev = {r["step"]: r["value"] for r in rows if r["eval_dataset"] == "dev" and r["metric"] == "accuracy"}
+    assert sorted(dev) == [0, 4, 8, 9]
+    assert summary["best_step"] == max((8, 9), key=lambda s: (dev[s], -s))  # the best, first on ties
+    masks, _ = load_masks(f"{out}/masks.safetensors")
+    for name, m in masks.items():
+        assert int((~m).sum()) == int(np.floor(m.numel() * 0.8 + 1e-9)), name
