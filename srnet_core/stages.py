@@ -218,6 +218,8 @@ def finetune(ctx: Context, out_dir: str, report: Report | None, resume_state: di
     os.makedirs(out_dir, exist_ok=True)
     loop = _loop(ctx, params, snapshot=lambda: params, after_step=after_step, current_sparsity=lambda: 0.0)
     _run(loop, report, resume_state)
+    if save_steps:  # the timing predictor over the saved checkpoints and the final weights (docs/search.md)
+        _write_timing(ctx, out_dir, sorted(save_steps), loop.total_steps)
     with torch.no_grad():  # the selected weights
         for name, value in loop.best.items():
             params[name].copy_(value)
@@ -226,6 +228,25 @@ def finetune(ctx: Context, out_dir: str, report: Report | None, resume_state: di
         write_teacher(os.path.join(out_dir, "teacher.parquet"), ctx)
     _summary(ctx, out_dir, loop, measured_sparsity=0.0)
     return rows_from_history(loop.history, loop.best_step, ctx.task)
+
+
+def _write_timing(ctx: Context, out_dir: str, steps: list[int], total: int) -> None:
+    """timing.json: Early-Bird mask distances between consecutive saved checkpoints (srnet_core.pruning.timing).
+    Read back from the step files, so a resumed fine-tuning gives the same answer as an uninterrupted one."""
+    from safetensors.torch import load_file
+
+    from .pruning.timing import early_bird_report
+
+    names = [f"{n}.weight" for n in ctx.encoder_names()]
+    checkpoints = []
+    for step in steps:
+        path = os.path.join(out_dir, f"weights_step{step}.safetensors")
+        if step < total and os.path.exists(path):
+            state = load_file(path)
+            checkpoints.append((step, {n: state[n] for n in names}))
+    live = dict(ctx.model.named_parameters())
+    checkpoints.append((total, {n: live[n].detach().cpu() for n in names}))
+    write_json(os.path.join(out_dir, "timing.json"), {"total_steps": total, **early_bird_report(checkpoints)})
 
 
 def write_teacher(path: str, ctx: Context) -> None:
@@ -456,7 +477,7 @@ def rows_from_history(history: list[EvalRecord], best_step: int, task) -> list[d
     rows = []
     for record in history:
         for split, metrics in record.metrics.items():
-            role = "id" if split in task.id_eval_splits else "ood"
+            role = task.eval_role(split)
             for name, value in metrics.items():
                 rows.append({"step": record.step, "epoch": record.epoch, "eval_dataset": split,
                              "eval_role": role, "metric": name, "value": float(value),

@@ -64,6 +64,7 @@ class FeverTask(FileTask):
     train_split = "train"
     id_eval_splits = ["dev"]
     ood_eval_splits = ["symmetric_v1", "symmetric_v2"]
+    ood_dev_splits = ["symmetric_v2_dev"]  # v0.2 dev: selection/search only
     bias_features = "claim_ngrams"
 
     def metrics(self, split: str, logits: np.ndarray, data: PairSplit) -> dict[str, float]:

@@ -81,6 +81,7 @@ class MnliTask(FileTask):
     LABEL_MAPS = {"default": _MNLI_LABELS, "hans": _HANS_LABELS, "hans_train": _HANS_LABELS}
     train_split = "train"
     ood_eval_splits = ["hans"]
+    ood_dev_splits = ["hans_train"]  # selection/search only (eval_ood_dev)
     bias_features = "nli_overlap"
 
     def __init__(self, data_dir: str | None = None, **options):

@@ -61,6 +61,7 @@ class QqpTask(FileTask):
     train_split = "train"
     id_eval_splits = ["dev"]
     ood_eval_splits = ["paws_qqp", "paws_wiki"]
+    ood_dev_splits = ["paws_qqp_train"]  # selection/search only (eval_ood_dev)
     bias_features = "pair_overlap"
 
     def primary_metric(self, split: str) -> str:
