@@ -132,6 +132,19 @@ def test_tiny_timing_study_saved_steps_dedup_rows(tmp_path):
         expect_ood_dev = float(sel.loc[sel["eval_dataset"] == "ood_dev", "value"].iloc[0])
         assert t.values == [expect_id, expect_ood_dev, float(t.params["start_step"] + 4)]
         assert t.constraints == {"id_dev_vs_dense": 0.95 * result.dense_id - expect_id}
+    # the report: Pareto figure, best trials' curves, the trial table, and the predictor against the search
+    from orchestrator.search_report import pareto_front, search_section, trial_table, write_search_report
+    table = search.predictor_comparison(result, runner, store, root)
+    assert table["method"].tolist() == ["search (best trial)", "early_bird", "id_plateau"]
+    assert table.loc[0, "mask_trainings"] == len(distinct)
+    assert set(table["start_step"].dropna()) <= set(setting.candidates)
+    path = write_search_report(result, table, root, str(tmp_path))
+    text = open(path).read()
+    assert "Timing predictor" in text and text.count("| complete |") == 4
+    wide = trial_table(results.load(root))
+    assert len(wide) == 4 and set(pareto_front(wide)["trial"]) <= {0, 1, 2, 3}
+    lines, figures = search_section(results.load(root), str(tmp_path / "fig"), str(tmp_path))
+    assert len(figures) == 2 and all(os.path.getsize(f) > 1000 for f in figures)
     # the predictor's fine-tuning output: distances between the saved checkpoints and the end
     import json
     with open(store.fetch("finetune", ft.key, "timing.json")) as f:
@@ -319,3 +332,31 @@ def test_resume_after_kill_9_repeats_and_loses_nothing(tmp_path):
     rows = results.load(os.path.join(str(tmp_path / "out"), "results"))
     rows = rows[rows["stage"] == "search_trial"]
     assert len(rows) == 16 and sorted(rows.groupby("trial").size().to_dict().items()) == [(i, 4) for i in range(4)]
+
+
+@pytest.mark.parametrize("name", ["timing_search", "schedule_search"])
+def test_shipped_search_specs_build(name, tmp_path):
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(os.path.join(REPO, "sweeps", f"{name}.yaml"))
+    setting = search.build_setting(spec)
+    assert setting.study_name.startswith(f"{name}.{spec.search.kind}.")
+    if spec.search.kind == "timing":  # 512 examples / batch 32 = 16 fine-tuning steps, saved every 2
+        assert setting.candidates == [2, 4, 6, 8, 10, 12, 14, 16]
+        assert search.saved_steps(setting.finetune) == [2, 4, 6, 8, 10, 12, 14]
+    else:
+        assert setting.mask_steps == 32 and spec.search.schedule.final_sparsity == 0.9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["timing_search", "schedule_search"])
+def test_shipped_search_specs_run_end_to_end(name, tmp_path):
+    """Each shipped search spec (MiniLM, small synthetic task) end to end, two trials, in process."""
+    with open(os.path.join(REPO, "sweeps", f"{name}.yaml")) as f:
+        d = yaml.safe_load(f)
+    d["output_dir"] = str(tmp_path)
+    spec = parse_spec(d)
+    runner, store, root = local(spec)
+    result = search.run_study(spec, runner, store, root, log=lambda m: None, n_trials=2)
+    assert len(result.study.trials) == 2
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in result.study.trials)
