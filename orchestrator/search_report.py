@@ -109,7 +109,7 @@ def _cell(v) -> str:
     if v is None or (isinstance(v, float) and pd.isna(v)):
         return ""
     if isinstance(v, float):
-        return str(int(v)) if v.is_integer() and abs(v) >= 1 else f"{v:.4f}"
+        return str(int(v)) if v.is_integer() else f"{v:.4f}"
     return str(v)
 
 
