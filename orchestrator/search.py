@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -140,7 +139,8 @@ class LocalRunner(_RunnerBase):
                 run_node(node_payload(node, self.store))
                 publish_node(node, self.store, self.root)
             except Exception as err:  # a failed node is a failed trial, not a crashed study
-                errors[node.key] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:500] if str(err) else ''}"
+                last = str(err).strip().splitlines()[-1][:500] if str(err).strip() else ""
+                errors[node.key] = f"{type(err).__name__}: {last}"
         return errors
 
 

@@ -226,18 +226,22 @@ class ScriptedRunner:
     """A NodeRunner whose mask-training 'results' are a known function of the mask lr, written as real rows
     into the store: tests the driver's pruning decisions exactly."""
 
-    def __init__(self, store):
-        self.store, self.ran = store, []
+    def __init__(self, store, fail_lr=None):
+        self.store, self.ran, self.fail_lr = store, [], fail_lr
 
     def run_nodes(self, nodes):
         import json
 
+        errors = {}
         for wave in search.closure(nodes):
             for node in wave:
                 if self.store.is_complete(node.stage, node.key):
                     continue
                 self.ran.append(node.key)
                 lr = node.stage_config["train"]["lr"]
+                if lr == self.fail_lr:
+                    errors[node.key] = "RuntimeError: out of memory"
+                    continue
                 good = 0.9 if lr > 1e-6 else 0.3
                 rows = [{"node_key": node.key, "step": 2, "eval_dataset": split, "eval_role": role,
                          "metric": "accuracy", "value": good if role != "ood" else 0.0, "selected": True}
@@ -248,7 +252,22 @@ class ScriptedRunner:
                 with open(os.path.join(out, "summary.json"), "w") as f:
                     json.dump({"wall_seconds": 1.0}, f)
                 self.store.mark_complete(node.stage, node.key, {})
-        return {n.key: None for n in nodes}
+        return {n.key: errors.get(n.key) for n in nodes}
+
+
+def test_a_failed_node_is_a_failed_trial_not_a_crashed_study(tmp_path):
+    enqueue = [{"initial": 0.5, "start": 0.0, "end": 0.5, "frequency": 1, "lr": 0.005},
+               {"initial": 0.6, "start": 0.0, "end": 0.5, "frequency": 2, "lr": 0.0025}]
+    spec = parse_spec(spec_dict(str(tmp_path), kind="schedule", n_trials=2, batch_size=2, enqueue=enqueue))
+    from workers.store import ArtifactStore
+
+    store = ArtifactStore(spec.artifact_root())
+    root = results.results_dir(spec.output_dir)
+    result = search.run_study(spec, ScriptedRunner(store, fail_lr=0.0025), store, root, log=lambda m: None)
+    assert [t.state.name for t in result.study.trials] == ["COMPLETE", "FAIL"]
+    rows = results.load(root)
+    failed = rows[(rows["stage"] == "search_trial") & (rows["trial"] == 1)]
+    assert set(failed["status"]) == {"trial_fail"} and set(failed["error"]) == {"RuntimeError: out of memory"}
 
 
 @pytest.mark.parametrize("kind", ["median", "asha"])
@@ -313,7 +332,8 @@ def test_resume_after_kill_9_repeats_and_loses_nothing(tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if os.path.exists(journal):
-            study = optuna.load_study(study_name=setting.study_name, storage=search.storage_for(spec, setting.study_name))
+            study = optuna.load_study(study_name=setting.study_name,
+                                      storage=search.storage_for(spec, setting.study_name))
             states = [t.state.name for t in study.get_trials(deepcopy=False)]
             if "COMPLETE" in states and "RUNNING" in states:
                 os.kill(proc.pid, signal.SIGKILL)
