@@ -198,7 +198,8 @@ def build_setting(spec: SweepSpec) -> Setting:
         if not saved and not t.include_end:
             raise SpecError(f"field 'search.timing.every': {t.every} leaves no start step below the fine-tuning's "
                             f"{ft_total} steps; use a smaller value")
-        ft = b.finetune(task, backbone, seed, "std", save_steps=saved, task_options=base)
+        # its own paradigm: a fine-tuning that saves steps is a node of its own, next to a grid's "full" one
+        ft = b.finetune(task, backbone, seed, "std", save_steps=saved, task_options=base, paradigm="timing_search")
         candidates = saved_steps(ft) + ([ft_total] if t.include_end else [])
         for params in s.enqueue:
             if params.get("start_step") not in candidates:
@@ -283,8 +284,10 @@ def trial_node(setting: Setting, params: dict, rung: float | None = None) -> Nod
                           # a short rung may never reach the final sparsity: select among what it reached
                           "select": "any" if rung is not None else "final"}
         extra["s_initial"] = float(params["initial"])
+    # a rung is a shorter run of the same trial: its own method, so curves never average it with the full run
+    method = "mask_train" if rung is None else f"mask_train_rung{rung:.2f}"
     return b.add(Node("mask_train", cfg, inputs, columns=b.columns(
-        task, backbone, seed, setting.paradigm, loss, sparsity, method="mask_train", **extra)))
+        task, backbone, seed, setting.paradigm, loss, sparsity, method=method, **extra)))
 
 
 def trial_cost(setting: Setting, params: dict, mask_steps: int) -> int:

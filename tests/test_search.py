@@ -145,6 +145,8 @@ def test_tiny_timing_study_saved_steps_dedup_rows(tmp_path):
     assert len(wide) == 4 and set(pareto_front(wide)["trial"]) <= {0, 1, 2, 3}
     lines, figures = search_section(results.load(root), str(tmp_path / "fig"), str(tmp_path))
     assert len(figures) == 2 and all(os.path.getsize(f) > 1000 for f in figures)
+    from orchestrator.report import build_report  # search rows and nodes do not break the sweep report
+    assert os.path.exists(build_report(root, out=str(tmp_path / "report"), masks=False).path)
     # the predictor's fine-tuning output: distances between the saved checkpoints and the end
     import json
     with open(store.fetch("finetune", ft.key, "timing.json")) as f:
