@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import os
 import sys
@@ -46,14 +47,19 @@ def candidate_steps(total_steps: int, every: int, min_step: int = 0) -> list[int
     return [s for s in range(every, total_steps, every) if s >= min_step]
 
 
-def saved_steps(finetune: Node) -> list[int]:
-    """The steps whose weights a fine-tuning node saves (``weights_step{N}.safetensors``). The single place
-    that knows how the planner records saved steps: point it at the scheduler's design if that changes."""
-    return sorted(int(s) for s in finetune.stage_config.get("save_steps", []))
+def checkpoint_files(finetune: Node, total: int) -> dict[int, str]:
+    """{step: file} of the weights a fine-tuning node saves before its end. The one place that knows how the
+    planner records saved checkpoints: ``save_steps`` (``weights_step{N}``) here, or the scheduler's fixed
+    grid ``save_fractions`` (``weights_f{F:.1f}`` at step max(1, round(F * total)), issue 9)."""
+    cfg = finetune.stage_config
+    if "save_fractions" in cfg:
+        return {max(1, int(round(f * total))): f"weights_f{f:.1f}.safetensors" for f in cfg["save_fractions"]}
+    return {int(s): f"weights_step{int(s)}.safetensors" for s in cfg.get("save_steps", [])}
 
 
-def init_file(step: int, total: int) -> str:
-    return "weights.safetensors" if step >= total else f"weights_step{step}.safetensors"
+def saved_steps(finetune: Node, total: int) -> list[int]:
+    """The steps whose weights a fine-tuning node saves (below its end)."""
+    return sorted(s for s in checkpoint_files(finetune, total) if s < total)
 
 
 # -- runners -----------------------------------------------------------------------------------------------
@@ -118,6 +124,22 @@ class LaunchRunner(_RunnerBase):
         super().__init__(spec, store, root)
         self.wave = 0
 
+    def run_nodes(self, nodes: list[Node]) -> dict[str, str | None]:
+        from . import launch
+
+        if hasattr(launch, "run_wave"):
+            return super().run_nodes(nodes)
+        # The dependency-driven scheduler (issue 9): the whole closure in one Tune run. Not exercised on this
+        # branch (its launch has run_wave); tests/test_search.py::test_study_through_ray_tune covers it after
+        # the merge.
+        from .plan import Plan
+
+        every = [n for wave in closure(nodes) for n in wave]
+        complete = {(n.stage, n.key) for n in every if self.store.is_complete(n.stage, n.key)}
+        self.ran.extend(n.key for n in every if (n.stage, n.key) not in complete)
+        errors = launch.run_plan(self.spec, Plan({n.key: n for n in every}), self.store, self.root, complete)[0]
+        return {n.key: errors.get(n.key) for n in nodes}
+
     def _run_wave(self, nodes: list[Node]) -> dict[str, str]:
         from .launch import run_wave
 
@@ -166,6 +188,12 @@ class Setting:
     def paradigm(self) -> str:
         return f"{self.search.kind}_search"
 
+    def start_file(self, step: int) -> str:
+        """The fine-tuning's weights at a candidate start step (its selected weights at the end)."""
+        if step >= self.finetune_steps:
+            return "weights.safetensors"
+        return checkpoint_files(self.finetune, self.finetune_steps)[step]
+
 
 def build_setting(spec: SweepSpec) -> Setting:
     from srnet_core.tasks import get_task
@@ -194,13 +222,17 @@ def build_setting(spec: SweepSpec) -> Setting:
     candidates: list[int] = []
     if s.kind == "timing":
         t = s.timing
-        saved = candidate_steps(ft_total, t.every, t.min_step)
-        if not saved and not t.include_end:
-            raise SpecError(f"field 'search.timing.every': {t.every} leaves no start step below the fine-tuning's "
-                            f"{ft_total} steps; use a smaller value")
-        # its own paradigm: a fine-tuning that saves steps is a node of its own, next to a grid's "full" one
-        ft = b.finetune(task, backbone, seed, "std", save_steps=saved, task_options=base, paradigm="timing_search")
-        candidates = saved_steps(ft) + ([ft_total] if t.include_end else [])
+        if "save_steps" in inspect.signature(b.finetune).parameters:
+            saved = candidate_steps(ft_total, t.every, t.min_step)
+            if not saved and not t.include_end:
+                raise SpecError(f"field 'search.timing.every': {t.every} leaves no start step below the "
+                                f"fine-tuning's {ft_total} steps; use a smaller value")
+            # its own paradigm: a fine-tuning that saves steps is a node of its own, next to a grid's "full" one
+            ft = b.finetune(task, backbone, seed, "std", save_steps=saved, task_options=base,
+                            paradigm="timing_search")
+        else:  # a planner whose fine-tunes always save a fixed grid: the candidates are that grid (`every` unused)
+            ft = b.finetune(task, backbone, seed, "std", task_options=base)
+        candidates = [c for c in saved_steps(ft, ft_total) if c >= t.min_step] + ([ft_total] if t.include_end else [])
         for params in s.enqueue:
             if params.get("start_step") not in candidates:
                 raise SpecError(f"field 'search.enqueue': start_step {params.get('start_step')} is not a candidate "
@@ -268,7 +300,7 @@ def trial_node(setting: Setting, params: dict, rung: float | None = None) -> Nod
         step = params["start_step"]
         if step not in setting.candidates:  # never start from a checkpoint the fine-tuning does not save
             raise SearchError(f"start step {step} is not saved by the fine-tuning (saved: {setting.candidates})")
-        inputs["init_weights"] = Input(setting.finetune, init_file(step, setting.finetune_steps))
+        inputs["init_weights"] = Input(setting.finetune, setting.start_file(step))
         extra["start_step"] = step
     else:
         inputs["init_weights"] = Input(setting.finetune, "weights.safetensors")

@@ -219,7 +219,7 @@ def finetune(ctx: Context, out_dir: str, report: Report | None, resume_state: di
     loop = _loop(ctx, params, snapshot=lambda: params, after_step=after_step, current_sparsity=lambda: 0.0)
     _run(loop, report, resume_state)
     if save_steps:  # the timing predictor over the saved checkpoints and the final weights (docs/search.md)
-        _write_timing(ctx, out_dir, sorted(save_steps), loop.total_steps)
+        _write_timing(ctx, out_dir, {s: f"weights_step{s}.safetensors" for s in save_steps}, loop.total_steps)
     with torch.no_grad():  # the selected weights
         for name, value in loop.best.items():
             params[name].copy_(value)
@@ -230,7 +230,7 @@ def finetune(ctx: Context, out_dir: str, report: Report | None, resume_state: di
     return rows_from_history(loop.history, loop.best_step, ctx.task)
 
 
-def _write_timing(ctx: Context, out_dir: str, steps: list[int], total: int) -> None:
+def _write_timing(ctx: Context, out_dir: str, files: dict[int, str], total: int) -> None:
     """timing.json: Early-Bird mask distances between consecutive saved checkpoints (srnet_core.pruning.timing).
     Read back from the step files, so a resumed fine-tuning gives the same answer as an uninterrupted one."""
     from safetensors.torch import load_file
@@ -239,8 +239,8 @@ def _write_timing(ctx: Context, out_dir: str, steps: list[int], total: int) -> N
 
     names = [f"{n}.weight" for n in ctx.encoder_names()]
     checkpoints = []
-    for step in steps:
-        path = os.path.join(out_dir, f"weights_step{step}.safetensors")
+    for step in sorted(files):  # {step: file} of the saved checkpoints
+        path = os.path.join(out_dir, files[step])
         if step < total and os.path.exists(path):
             state = load_file(path)
             checkpoints.append((step, {n: state[n] for n in names}))

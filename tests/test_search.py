@@ -80,6 +80,18 @@ def test_search_spec_mistakes_are_one_line(tmp_path):
         search.build_setting(spec)
 
 
+def test_checkpoint_files_under_both_planner_designs():
+    """Saved steps per fine-tuning node: save_steps here, the scheduler's fixed fraction grid (issue 9)."""
+    from orchestrator.plan import Node
+
+    steps = Node("finetune", {"save_steps": [2, 4]})
+    assert search.checkpoint_files(steps, 8) == {2: "weights_step2.safetensors", 4: "weights_step4.safetensors"}
+    grid = Node("finetune", {"save_fractions": [0.1, 0.5, 0.9]})
+    assert search.checkpoint_files(grid, 64) == {6: "weights_f0.1.safetensors", 32: "weights_f0.5.safetensors",
+                                                 58: "weights_f0.9.safetensors"}
+    assert search.saved_steps(grid, 64) == [6, 32, 58]
+
+
 # -- the timing predictor -------------------------------------------------------------------------------
 def test_early_bird_and_plateau_by_hand():
     w = {"a": torch.tensor([[4.0, -3.0], [2.0, 1.0]])}
@@ -108,11 +120,11 @@ def test_tiny_timing_study_saved_steps_dedup_rows(tmp_path):
     trials = result.study.trials
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
     ft = setting.finetune
-    assert search.saved_steps(ft) == [2, 4, 6] and setting.candidates == [2, 4, 6, 8]
+    assert search.saved_steps(ft, 8) == [2, 4, 6] and setting.candidates == [2, 4, 6, 8]
     for t in trials:  # only saved steps (and the end) are ever proposed, and their files exist
         step = t.params["start_step"]
         assert step in setting.candidates
-        assert os.path.exists(store.fetch("finetune", ft.key, search.init_file(step, 8)))
+        assert os.path.exists(store.fetch("finetune", ft.key, setting.start_file(step)))
     assert trials[0].user_attrs["node_key"] == trials[1].user_attrs["node_key"]
     mask_runs = [k for k in runner.ran if k != ft.key and not k.startswith("bias")]
     distinct = {t.user_attrs["node_key"] for t in trials}
@@ -367,7 +379,7 @@ def test_shipped_search_specs_build(name, tmp_path):
     assert setting.study_name.startswith(f"{name}.{spec.search.kind}.")
     if spec.search.kind == "timing":  # 512 examples / batch 32 = 16 fine-tuning steps, saved every 2
         assert setting.candidates == [2, 4, 6, 8, 10, 12, 14, 16]
-        assert search.saved_steps(setting.finetune) == [2, 4, 6, 8, 10, 12, 14]
+        assert search.saved_steps(setting.finetune, 16) == [2, 4, 6, 8, 10, 12, 14]
     else:
         assert setting.mask_steps == 16 and spec.search.schedule.final_sparsity == 0.9
 
