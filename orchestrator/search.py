@@ -550,11 +550,14 @@ def predictor_comparison(result: SearchResult, runner: NodeRunner, store, root: 
     setting, s = result.setting, result.setting.search
     if s.kind != "timing":
         return pd.DataFrame()
-    with open(store.fetch("finetune", setting.finetune.key, "timing.json")) as f:
-        timing = json.load(f)
-    bird = pick_early_bird(timing, s.timing.sparsity)
-    picks = {"early_bird": settled_step(bird["steps"], bird["distances"], s.early_bird_threshold,
-                                        s.early_bird_window)}
+    try:
+        with open(store.fetch("finetune", setting.finetune.key, "timing.json")) as f:
+            timing = json.load(f)
+        bird = pick_early_bird(timing, s.timing.sparsity)
+        picks = {"early_bird": settled_step(bird["steps"], bird["distances"], s.early_bird_threshold,
+                                            s.early_bird_window)}
+    except FileNotFoundError:  # a fine-tuning finished before the predictor existed: no timing.json
+        picks = {"early_bird": None}
     ft_rows = node_rows(store, setting.finetune)
     hist = ft_rows[(ft_rows["eval_role"] == "id") & (ft_rows["eval_dataset"] == setting.task_obj.id_eval_splits[0])
                    & (ft_rows["metric"] == s.metric)]

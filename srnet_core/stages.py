@@ -218,8 +218,8 @@ def finetune(ctx: Context, out_dir: str, report: Report | None, resume_state: di
     os.makedirs(out_dir, exist_ok=True)
     loop = _loop(ctx, params, snapshot=lambda: params, after_step=after_step, current_sparsity=lambda: 0.0)
     _run(loop, report, resume_state)
-    if save_steps:  # the timing predictor over the saved checkpoints and the final weights (docs/search.md)
-        _write_timing(ctx, out_dir, {s: f"weights_step{s}.safetensors" for s in save_steps}, loop.total_steps)
+    if _saved_files(ctx.cfg, loop.total_steps):  # the timing predictor (docs/search.md)
+        _write_timing(ctx, out_dir, _saved_files(ctx.cfg, loop.total_steps), loop.total_steps)
     with torch.no_grad():  # the selected weights
         for name, value in loop.best.items():
             params[name].copy_(value)
@@ -228,6 +228,14 @@ def finetune(ctx: Context, out_dir: str, report: Report | None, resume_state: di
         write_teacher(os.path.join(out_dir, "teacher.parquet"), ctx)
     _summary(ctx, out_dir, loop, measured_sparsity=0.0)
     return rows_from_history(loop.history, loop.best_step, ctx.task)
+
+
+def _saved_files(cfg: StageConfig, total: int) -> dict[int, str]:
+    """{step: file} of the checkpoints a fine-tuning saves: save_steps, and a fixed fraction grid if any."""
+    files = {int(s): f"weights_step{int(s)}.safetensors" for s in cfg.save_steps}
+    for f in getattr(cfg, "save_fractions", None) or ():
+        files.setdefault(max(1, int(round(f * total))), f"weights_f{f:.1f}.safetensors")
+    return files
 
 
 def _write_timing(ctx: Context, out_dir: str, files: dict[int, str], total: int) -> None:
