@@ -41,6 +41,15 @@ def spec_dict(out: str, kind: str = "timing", **search_extra) -> dict:
             "search": search_block}
 
 
+def expected_saved(ft, total: int, every: int) -> list[int]:
+    """Saved steps by an independent formula for either planner design: `every` steps, or a fixed grid of
+    fractions at max(1, round(F * total)) (the dependency-driven scheduler, issue 9)."""
+    cfg = ft.stage_config
+    if "save_fractions" in cfg:
+        return sorted({max(1, int(round(f * total))) for f in cfg["save_fractions"]} - {total})
+    return list(range(every, total, every))
+
+
 def local(spec):
     from workers.store import ArtifactStore
 
@@ -72,8 +81,8 @@ def test_search_spec_mistakes_are_one_line(tmp_path):
     bad = spec_dict(str(tmp_path), mode="pareto", pruner={"kind": "median"})
     with pytest.raises(SpecError, match="a pruner needs mode: scalar"):
         parse_spec(bad)
-    spec = parse_spec(spec_dict(str(tmp_path), enqueue=[{"start_step": 5}]))
-    with pytest.raises(SpecError, match=r"start_step 5 is not a candidate .*candidates: \[2, 4, 6, 8\]"):
+    spec = parse_spec(spec_dict(str(tmp_path), enqueue=[{"start_step": 0}]))
+    with pytest.raises(SpecError, match=r"start_step 0 is not a candidate \(the fine-tuning runs 8 steps"):
         search.build_setting(spec)
     spec = parse_spec({**spec_dict(str(tmp_path)), "task_options": {"synthetic": {"add_ood_train": True}}})
     with pytest.raises(SpecError, match="add_ood_train"):
@@ -82,11 +91,11 @@ def test_search_spec_mistakes_are_one_line(tmp_path):
 
 def test_checkpoint_files_under_both_planner_designs():
     """Saved steps per fine-tuning node: save_steps here, the scheduler's fixed fraction grid (issue 9)."""
-    from orchestrator.plan import Node
+    from types import SimpleNamespace as Node  # only stage_config is read
 
-    steps = Node("finetune", {"save_steps": [2, 4]})
+    steps = Node(stage_config={"save_steps": [2, 4]})
     assert search.checkpoint_files(steps, 8) == {2: "weights_step2.safetensors", 4: "weights_step4.safetensors"}
-    grid = Node("finetune", {"save_fractions": [0.1, 0.5, 0.9]})
+    grid = Node(stage_config={"save_fractions": [0.1, 0.5, 0.9]})
     assert search.checkpoint_files(grid, 64) == {6: "weights_f0.1.safetensors", 32: "weights_f0.5.safetensors",
                                                  58: "weights_f0.9.safetensors"}
     assert search.saved_steps(grid, 64) == [6, 32, 58]
@@ -120,7 +129,8 @@ def test_tiny_timing_study_saved_steps_dedup_rows(tmp_path):
     trials = result.study.trials
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
     ft = setting.finetune
-    assert search.saved_steps(ft, 8) == [2, 4, 6] and setting.candidates == [2, 4, 6, 8]
+    saved = expected_saved(ft, 8, 2)
+    assert search.saved_steps(ft, 8) == saved and setting.candidates == saved + [8] and 4 in saved
     for t in trials:  # only saved steps (and the end) are ever proposed, and their files exist
         step = t.params["start_step"]
         assert step in setting.candidates
@@ -164,7 +174,7 @@ def test_tiny_timing_study_saved_steps_dedup_rows(tmp_path):
     with open(store.fetch("finetune", ft.key, "timing.json")) as f:
         timing = json.load(f)
     bird = pick_early_bird(timing, 0.5)
-    assert bird["steps"] == [2, 4, 6, 8] and len(bird["distances"]) == 3
+    assert bird["steps"] == saved + [8] and len(bird["distances"]) == len(saved)
     assert all(0.0 <= d <= 1.0 for d in bird["distances"])
 
 
@@ -378,8 +388,8 @@ def test_shipped_search_specs_build(name, tmp_path):
     setting = search.build_setting(spec)
     assert setting.study_name.startswith(f"{name}.{spec.search.kind}.")
     if spec.search.kind == "timing":  # 512 examples / batch 32 = 16 fine-tuning steps, saved every 2
-        assert setting.candidates == [2, 4, 6, 8, 10, 12, 14, 16]
-        assert search.saved_steps(setting.finetune, 16) == [2, 4, 6, 8, 10, 12, 14]
+        saved = expected_saved(setting.finetune, 16, 2)
+        assert search.saved_steps(setting.finetune, 16) == saved and setting.candidates == saved + [16]
     else:
         assert setting.mask_steps == 16 and spec.search.schedule.final_sparsity == 0.9
 
