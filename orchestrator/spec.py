@@ -15,6 +15,8 @@ from srnet_core.masks import MaskConfig
 from srnet_core.tasks import TASKS
 from srnet_core.train import TrainConfig
 
+from .search_spec import SearchSpec
+
 # Unknown keys inside the srnet_core dataclasses are errors too (pydantic reads this attribute).
 TrainConfig.__pydantic_config__ = ConfigDict(extra="forbid")
 MaskConfig.__pydantic_config__ = ConfigDict(extra="forbid")
@@ -376,6 +378,7 @@ class SweepSpec(_Strict):
     gmp_options: GMPOptions = GMPOptions()
     structured_options: StructuredOptions = StructuredOptions()
     resources: Resources = Resources()
+    search: SearchSpec | None = None  # an Optuna study (python -m orchestrator.search; docs/search.md)
 
     @field_validator("finetune", "mask_train", "imp", "gmp", "retrain")
     @classmethod

@@ -232,6 +232,8 @@ def finetune(ctx: Context, out_dir: str, report: Report | None, resume_state: di
     for fraction in ctx.cfg.save_fractions:  # the same rule as orchestrator.plan.checkpoint_step
         files.setdefault(max(1, int(round(fraction * loop.total_steps))), []).append(f"weights_f{fraction:.1f}.safetensors")
     _run(loop, report, resume_state)
+    if _saved_files(ctx.cfg, loop.total_steps):  # the timing predictor (docs/search.md)
+        _write_timing(ctx, out_dir, _saved_files(ctx.cfg, loop.total_steps), loop.total_steps)
     with torch.no_grad():  # the selected weights
         for name, value in loop.best.items():
             params[name].copy_(value)
@@ -240,6 +242,33 @@ def finetune(ctx: Context, out_dir: str, report: Report | None, resume_state: di
         write_teacher(os.path.join(out_dir, "teacher.parquet"), ctx)
     _summary(ctx, out_dir, loop, measured_sparsity=0.0)
     return rows_from_history(loop.history, loop.best_step, ctx.task)
+
+
+def _saved_files(cfg: StageConfig, total: int) -> dict[int, str]:
+    """{step: file} of the checkpoints a fine-tuning saves: save_steps, and a fixed fraction grid if any."""
+    files = {int(s): f"weights_step{int(s)}.safetensors" for s in cfg.save_steps}
+    for f in getattr(cfg, "save_fractions", None) or ():
+        files.setdefault(max(1, int(round(f * total))), f"weights_f{f:.1f}.safetensors")
+    return files
+
+
+def _write_timing(ctx: Context, out_dir: str, files: dict[int, str], total: int) -> None:
+    """timing.json: Early-Bird mask distances between consecutive saved checkpoints (srnet_core.pruning.timing).
+    Read back from the step files, so a resumed fine-tuning gives the same answer as an uninterrupted one."""
+    from safetensors.torch import load_file
+
+    from .pruning.timing import early_bird_report
+
+    names = [f"{n}.weight" for n in ctx.encoder_names()]
+    checkpoints = []
+    for step in sorted(files):  # {step: file} of the saved checkpoints
+        path = os.path.join(out_dir, files[step])
+        if step < total and os.path.exists(path):
+            state = load_file(path)
+            checkpoints.append((step, {n: state[n] for n in names}))
+    live = dict(ctx.model.named_parameters())
+    checkpoints.append((total, {n: live[n].detach().cpu() for n in names}))
+    write_json(os.path.join(out_dir, "timing.json"), {"total_steps": total, **early_bird_report(checkpoints)})
 
 
 def write_teacher(path: str, ctx: Context) -> None:
@@ -504,7 +533,7 @@ def rows_from_history(history: list[EvalRecord], best_step: int, task) -> list[d
     rows = []
     for record in history:
         for split, metrics in record.metrics.items():
-            role = "id" if split in task.id_eval_splits else "ood"
+            role = task.eval_role(split)
             for name, value in metrics.items():
                 rows.append({"step": record.step, "epoch": record.epoch, "eval_dataset": split,
                              "eval_role": role, "metric": name, "value": float(value),

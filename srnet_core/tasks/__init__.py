@@ -24,9 +24,17 @@ def get_task(name: str, data_dir: str | None = None, **options) -> Task:
     if name not in TASKS:
         raise ValueError(f"unknown task '{name}'; known tasks: {sorted(TASKS)}")
     cls = TASKS[name]
-    if getattr(cls, "needs_data_dir", False):
-        return cls(data_dir=data_dir, **options)
-    return cls(**options)
+    eval_ood_dev = bool(options.pop("eval_ood_dev", False))  # which splits are evaluated, not the data
+    task = cls(data_dir=data_dir, **options) if getattr(cls, "needs_data_dir", False) else cls(**options)
+    if eval_ood_dev:
+        if getattr(task.options, "add_ood_train", False):
+            raise ValueError(f"task '{name}': options eval_ood_dev and add_ood_train exclude each other: with "
+                             "add_ood_train the OOD training data is in training, so no OOD dev split is held out "
+                             "for selection; turn one of them off")
+        if not task.ood_dev_splits:
+            raise ValueError(f"task '{name}' has no OOD dev split; remove the option eval_ood_dev")
+        task.eval_ood_dev = True
+    return task
 
 
 __all__ = ["DataFileError", "PairSplit", "Task", "TASKS", "get_task"]

@@ -57,6 +57,10 @@ class Task:
     train_split: str = "train"
     id_eval_splits: list[str] = []
     ood_eval_splits: list[str] = []
+    # OOD dev (docs/search.md): held-out OOD data used ONLY for selection and search, never reported as the
+    # OOD result; evaluated when the task option ``eval_ood_dev`` is on (get_task sets ``eval_ood_dev``).
+    ood_dev_splits: list[str] = []
+    eval_ood_dev: bool = False
     needs_data_dir: bool = False
     bias_features: str | None = None
 
@@ -66,7 +70,14 @@ class Task:
 
     @property
     def eval_splits(self) -> list[str]:
-        return list(self.id_eval_splits) + list(self.ood_eval_splits)
+        dev = list(self.ood_dev_splits) if self.eval_ood_dev else []
+        return list(self.id_eval_splits) + dev + list(self.ood_eval_splits)
+
+    def eval_role(self, split: str) -> str:
+        """The ``eval_role`` of a split's result rows: id, ood_dev (selection/search only) or ood (reported)."""
+        if split in self.id_eval_splits:
+            return "id"
+        return "ood_dev" if split in self.ood_dev_splits else "ood"
 
     def load(self, split: str) -> PairSplit:  # pragma: no cover - abstract
         raise NotImplementedError

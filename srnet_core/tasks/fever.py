@@ -64,6 +64,7 @@ class FeverTask(FileTask):
     train_split = "train"
     id_eval_splits = ["dev"]
     ood_eval_splits = ["symmetric_v1", "symmetric_v2"]
+    ood_dev_splits = ["symmetric_v2_dev"]  # v0.2 dev: selection/search only
     bias_features = "claim_ngrams"
     # OOD upper bound: + Fever-Symmetric v0.2 dev (708) repeated 10 times (protocol 6)
     OOD_TRAIN = (("symmetric_v2_dev", 10, True),)

@@ -81,6 +81,7 @@ class MnliTask(FileTask):
     LABEL_MAPS = {"default": _MNLI_LABELS, "hans": _HANS_LABELS, "hans_train": _HANS_LABELS}
     train_split = "train"
     ood_eval_splits = ["hans"]
+    ood_dev_splits = ["hans_train"]  # selection/search only (eval_ood_dev)
     bias_features = "nli_overlap"
     # OOD upper bound: + the HANS training set (30,000), non-entailment mapped to contradiction (protocol 6)
     OOD_TRAIN = (("hans_train", 1, True),)

@@ -64,6 +64,7 @@ class QqpTask(FileTask):
     train_split = "train"
     id_eval_splits = ["dev"]
     ood_eval_splits = ["paws_qqp", "paws_wiki"]
+    ood_dev_splits = ["paws_qqp_train"]  # selection/search only (eval_ood_dev)
     bias_features = "pair_overlap"
     # OOD upper bound: + PAWS-QQP train (11,988) + PAWS-Wiki train (49,401) when its file is present
     OOD_TRAIN = (("paws_qqp_train", 1, True), ("paws_wiki_train", 1, False))

@@ -46,6 +46,9 @@ class SyntheticOptions:
     # as MNLI + HANS train. n_ood_train of them, drawn independently of the ``ood`` test split.
     add_ood_train: bool = False
     n_ood_train: int = 500
+    # OOD dev (selection and search only; evaluated with the task option eval_ood_dev): a fresh seeded draw
+    # from the OOD distribution, distinct from the reported ``ood`` test split.
+    n_ood_dev: int = 500
 
 
 def _noun_class(noun: str) -> str:
@@ -90,7 +93,8 @@ def _make_pair(rng: random.Random, entailed: bool, high_overlap: bool) -> tuple[
 
 
 def generate(split: str, options: SyntheticOptions) -> PairSplit:
-    sizes = {"train": options.n_train, "dev": options.n_dev, "ood": options.n_ood, "ood_train": options.n_ood_train}
+    sizes = {"train": options.n_train, "dev": options.n_dev, "ood": options.n_ood, "ood_train": options.n_ood_train,
+             "ood_dev": options.n_ood_dev}
     if split not in sizes:
         raise ValueError(f"synthetic task has splits {list(sizes)}, not '{split}'")
     if options.ood_mode not in ("reversed", "balanced"):
@@ -99,7 +103,7 @@ def generate(split: str, options: SyntheticOptions) -> PairSplit:
     ids, prem, hyp, labels, overlap = [], [], [], [], []
     for i in range(sizes[split]):
         entailed = i % 2 == 0  # exactly balanced labels
-        if split in ("ood", "ood_train"):
+        if split in ("ood", "ood_train", "ood_dev"):
             agree = False if options.ood_mode == "reversed" else rng.random() < 0.5
         else:
             agree = rng.random() < options.spurious_agreement
@@ -122,6 +126,7 @@ class SyntheticTask(Task):
     train_split = "train"
     id_eval_splits = ["dev"]
     ood_eval_splits = ["ood"]
+    ood_dev_splits = ["ood_dev"]
 
     def __init__(self, **options):
         self.options = SyntheticOptions(**options)
@@ -138,10 +143,11 @@ class SyntheticTask(Task):
     @staticmethod
     def size_hint(which: str, **options) -> int:
         """Split sizes without generating anything (the planner's step counts)."""
+        ood_dev = bool(options.pop("eval_ood_dev", False))
         o = SyntheticOptions(**options)
         if which == "train":
             return o.n_train + (o.n_ood_train if o.add_ood_train else 0)
-        return o.n_dev + o.n_ood
+        return o.n_dev + o.n_ood + (o.n_ood_dev if ood_dev else 0)
 
     def metrics(self, split: str, logits: np.ndarray, data: PairSplit) -> dict[str, float]:
         pred = logits.argmax(-1)
