@@ -416,6 +416,9 @@ def _markdown(report: Report, frame: pd.DataFrame, curve: pd.DataFrame, metrics:
                 lines += [f"Sweep spec `{spec}`:", "", "```yaml", f.read().rstrip(), "```", ""]
     lines += ["Settings per stage, read from the result rows (`cfg.*` columns):", "",
               markdown_table(t["config"]), ""]
+    from .search_report import search_section  # Optuna studies among the rows: Pareto front, predictor table
+
+    lines += search_section(frame, os.path.join(out, "figures"), output_dir)[0]
     return "\n".join(lines)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import json
 import os
 import sys
@@ -41,12 +40,6 @@ class SearchError(RuntimeError):
 
 
 # -- where trial start steps come from ---------------------------------------------------------------------
-def candidate_steps(total_steps: int, every: int, min_step: int = 0) -> list[int]:
-    """Start steps below the end of fine-tuning: multiples of ``every`` from ``min_step`` (the fine-tuning
-    node is asked to save exactly these)."""
-    return [s for s in range(every, total_steps, every) if s >= min_step]
-
-
 def checkpoint_files(finetune: Node, total: int) -> dict[int, str]:
     """{step: file} of the weights a fine-tuning node saves before its end. The one place that knows how the
     planner records saved checkpoints: ``save_steps`` (``weights_step{N}``) here, or the scheduler's fixed
@@ -222,16 +215,7 @@ def build_setting(spec: SweepSpec) -> Setting:
     candidates: list[int] = []
     if s.kind == "timing":
         t = s.timing
-        if "save_steps" in inspect.signature(b.finetune).parameters:
-            saved = candidate_steps(ft_total, t.every, t.min_step)
-            if not saved and not t.include_end:
-                raise SpecError(f"field 'search.timing.every': {t.every} leaves no start step below the "
-                                f"fine-tuning's {ft_total} steps; use a smaller value")
-            # its own paradigm: a fine-tuning that saves steps is a node of its own, next to a grid's "full" one
-            ft = b.finetune(task, backbone, seed, "std", save_steps=saved, task_options=base,
-                            paradigm="timing_search")
-        else:  # a planner whose fine-tunes always save a fixed grid: the candidates are that grid (`every` unused)
-            ft = b.finetune(task, backbone, seed, "std", task_options=base)
+        ft = b.finetune(task, backbone, seed, "std", task_options=base)  # the grid's own fine-tune, shared
         candidates = [c for c in saved_steps(ft, ft_total) if c >= t.min_step] + ([ft_total] if t.include_end else [])
         for params in s.enqueue:
             if params.get("start_step") not in candidates:

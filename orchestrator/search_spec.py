@@ -14,9 +14,8 @@ class _Strict(BaseModel):
 
 
 class TimingSpace(_Strict):
-    # Candidate start steps: multiples of `every` from `min_step` up to (not including) the fine-tuning's last
-    # step, which the fine-tuning node saves, plus the end of fine-tuning when include_end.
-    every: int = Field(ge=1)
+    # Candidate start steps: the std fine-tune's checkpoint grid (it always saves 10%, 20%, ..., 90% of its
+    # steps: orchestrator/plan.py FT_CHECKPOINT_FRACTIONS) from `min_step` on, plus the end when include_end.
     min_step: int = Field(0, ge=0)
     include_end: bool = True
     sparsity: float = Field(0.7, gt=0, lt=1)

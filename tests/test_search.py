@@ -27,7 +27,7 @@ def spec_dict(out: str, kind: str = "timing", **search_extra) -> dict:
     """Fine-tuning: 64 examples, batch 16, 2 epochs = 8 steps (saves 2, 4, 6); mask training 4 steps."""
     search_block = {"kind": kind, "n_trials": 3, "batch_size": 2, "sampler": "random", "n_startup_trials": 0}
     if kind == "timing":
-        search_block["timing"] = {"every": 2, "sparsity": 0.5, "loss": "std"}
+        search_block["timing"] = {"sparsity": 0.5, "loss": "std"}
     else:
         search_block.update(mode="scalar", weights={"id_dev": 1.0, "ood_dev": 1.0, "cost": 0.0})
     search_block.update(search_extra)
@@ -41,13 +41,10 @@ def spec_dict(out: str, kind: str = "timing", **search_extra) -> dict:
             "search": search_block}
 
 
-def expected_saved(ft, total: int, every: int) -> list[int]:
-    """Saved steps by an independent formula for either planner design: `every` steps, or a fixed grid of
-    fractions at max(1, round(F * total)) (the dependency-driven scheduler, issue 9)."""
-    cfg = ft.stage_config
-    if "save_fractions" in cfg:
-        return sorted({max(1, int(round(f * total))) for f in cfg["save_fractions"]} - {total})
-    return list(range(every, total, every))
+def expected_saved(ft, total: int) -> list[int]:
+    """Saved steps by an independent formula: the fixed grid of fractions at max(1, round(F * total))
+    (issue 9's scheduler), the end excluded."""
+    return sorted({max(1, int(round(f * total))) for f in ft.stage_config["save_fractions"]} - {total})
 
 
 def local(spec):
@@ -129,7 +126,7 @@ def test_tiny_timing_study_saved_steps_dedup_rows(tmp_path):
     trials = result.study.trials
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
     ft = setting.finetune
-    saved = expected_saved(ft, 8, 2)
+    saved = expected_saved(ft, 8)
     assert search.saved_steps(ft, 8) == saved and setting.candidates == saved + [8] and 4 in saved
     for t in trials:  # only saved steps (and the end) are ever proposed, and their files exist
         step = t.params["start_step"]
@@ -387,8 +384,8 @@ def test_shipped_search_specs_build(name, tmp_path):
     spec = load_spec(os.path.join(REPO, "sweeps", f"{name}.yaml"))
     setting = search.build_setting(spec)
     assert setting.study_name.startswith(f"{name}.{spec.search.kind}.")
-    if spec.search.kind == "timing":  # 512 examples / batch 32 = 16 fine-tuning steps, saved every 2
-        saved = expected_saved(setting.finetune, 16, 2)
+    if spec.search.kind == "timing":  # 512 examples / batch 32 = 16 fine-tuning steps
+        saved = expected_saved(setting.finetune, 16)
         assert search.saved_steps(setting.finetune, 16) == saved and setting.candidates == saved + [16]
     else:
         assert setting.mask_steps == 16 and spec.search.schedule.final_sparsity == 0.9
