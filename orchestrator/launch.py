@@ -397,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"results: {root}  ({len(frame)} rows, {time.time() - started:.0f} s)")
     if errors:
         console.print(failures.failure_table(plan, errors))
+        for key, message in errors.items():  # each root failure's full reason, unwrapped (the table folds it)
+            if not message.startswith("skipped"):
+                console.print(f"[red]failed node {key}:[/] {message}", highlight=False, soft_wrap=True)
     return 1 if errors else 0
 
 

@@ -9,8 +9,8 @@ Objectives come from the trial node's rows at its checkpoint selected on ID dev:
 OOD dev (eval_role "ood_dev"); rows with eval_role "ood" (the reported OOD test sets) are never read here.
 
 The driver runs nodes through a ``NodeRunner``: ``run_nodes(nodes) -> {key: error or None}``. Today's
-runners are ``LaunchRunner`` (a thin adapter over ``orchestrator.launch.run_wave``: Ray Tune, one wave per
-dependency depth) and ``LocalRunner`` (in-process, for tests and debugging). A scheduler that accepts nodes
+runners are ``LaunchRunner`` (Ray Tune through the launch's dependency-driven scheduler, ``run_plan``) and
+``LocalRunner`` (in-process, for tests and debugging). A scheduler that accepts nodes
 while it runs can implement the same method.
 """
 from __future__ import annotations
@@ -111,20 +111,11 @@ class _RunnerBase:
 
 
 class LaunchRunner(_RunnerBase):
-    """Ray Tune through ``orchestrator.launch.run_wave`` (which publishes each node's rows as it completes)."""
-
-    def __init__(self, spec: SweepSpec, store, root: str):
-        super().__init__(spec, store, root)
-        self.wave = 0
+    """Ray Tune through the launch's dependency-driven scheduler (``orchestrator.launch.run_plan``): a batch of
+    trials and whatever they need upstream in one Tune run, rows published as each node completes."""
 
     def run_nodes(self, nodes: list[Node]) -> dict[str, str | None]:
         from . import launch
-
-        if hasattr(launch, "run_wave"):
-            return super().run_nodes(nodes)
-        # The dependency-driven scheduler (issue 9): the whole closure in one Tune run. Not exercised on this
-        # branch (its launch has run_wave); tests/test_search.py::test_study_through_ray_tune covers it after
-        # the merge.
         from .plan import Plan
 
         every = [n for wave in closure(nodes) for n in wave]
@@ -132,12 +123,6 @@ class LaunchRunner(_RunnerBase):
         self.ran.extend(n.key for n in every if (n.stage, n.key) not in complete)
         errors = launch.run_plan(self.spec, Plan({n.key: n for n in every}), self.store, self.root, complete)[0]
         return {n.key: errors.get(n.key) for n in nodes}
-
-    def _run_wave(self, nodes: list[Node]) -> dict[str, str]:
-        from .launch import run_wave
-
-        self.wave += 1
-        return run_wave(self.spec, nodes, self.store, 1000 + self.wave, self.root)
 
 
 class LocalRunner(_RunnerBase):
