@@ -240,6 +240,7 @@ class TrainLoop:
         self.best_step = -1
         self.best: dict[str, torch.Tensor] | None = None
         self.train_seconds = 0.0
+        self._loss_sum: torch.Tensor | None = None  # summed on the device between evals (NaN check, no host sync)
 
     # -- checkpoint state -----------------------------------------------------------------------------
     def state(self) -> dict:
@@ -279,7 +280,7 @@ class TrainLoop:
     # -- the loop -------------------------------------------------------------------------------------
     def run_eval(self) -> EvalRecord:
         # One sync per eval interval, not per step: the step only adds the loss to a device tensor.
-        loss_sum = getattr(self, "_loss_sum", None)
+        loss_sum = self._loss_sum
         if loss_sum is not None:
             self._loss_sum = None
             if not math.isfinite(float(loss_sum)):
@@ -324,7 +325,7 @@ class TrainLoop:
                 logits = forward_logits(self.model, batch, self.device)
             batch = {k: to_device(v, self.device) for k, v in batch.items()}
             loss = self.loss_fn(logits.float(), batch)
-            self._loss_sum = loss.detach() + (0.0 if getattr(self, "_loss_sum", None) is None else self._loss_sum)
+            self._loss_sum = loss.detach() if self._loss_sum is None else self._loss_sum + loss.detach()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
