@@ -4,6 +4,8 @@ What a training step holds (bytes; P = all parameters, M = masked parameters, T 
   weights          4 P              fp32 master weights (every stage)
   finetune-like    4 P grads + 8 P AdamW moments + 2 P bf16 weight copies under autocast
                    (finetune, retrain, imp, gmp, structured: all train the weights)
+  importance       2 P bf16 weight copies under autocast, no weight gradients or optimizer state, but a
+                   backward pass through the training batch (super_tickets: gate gradients only)
   mask_train       4 M scores + 4 M mask buffers + 4 M score grads + 8 M AdamW moments
                    + 6 M for W*m (fp32) and its bf16 copy per forward + the projection's workspace
                    (the largest same-shape group stacked, its keep/tie/rank buffers and topk values/indices)
@@ -25,6 +27,7 @@ CUDA_CONTEXT_BYTES = 600 * 2**20  # context + cuBLAS/cuDNN workspaces per proces
 ALLOCATOR_SLACK = 0.10  # caching-allocator fragmentation
 WEIGHT_TRAINING_STAGES = ("finetune", "retrain", "imp", "gmp", "structured")
 MASK_STAGES = ("mask_train",)
+IMPORTANCE_STAGES = ("super_tickets",)  # backward to gates: training activations, no optimizer state
 
 
 @dataclass
@@ -108,9 +111,10 @@ def estimate_stage_memory(stage: str, shape: ModelShape, batch: int, seq: int, a
     elif stage in WEIGHT_TRAINING_STAGES:
         p = shape.params
         state = 4 * p + 8 * p + (2 * p if amp else 0)
-    else:  # evaluate, bias_model: inference only
+    else:  # super_tickets (gate gradients only), evaluate, bias_model: no optimizer state
         state = 2 * shape.params if amp else 0
-    train_acts = activation_bytes(shape, batch, seq, amp) if stage in MASK_STAGES + WEIGHT_TRAINING_STAGES else 0
+    backward = MASK_STAGES + WEIGHT_TRAINING_STAGES + IMPORTANCE_STAGES
+    train_acts = activation_bytes(shape, batch, seq, amp) if stage in backward else 0
     # inference keeps one layer's activations at a time
     eval_acts = activation_bytes(shape, eval_batch, seq, amp) // max(1, shape.layers)
     activations = max(train_acts, eval_acts)

@@ -10,6 +10,9 @@ Outputs per stage kind:
               teacher.parquet (class probabilities over the training set) when save_teacher
   teacher     teacher.parquet: class probabilities of init_weights over the training set (for conf_reg)
   mask_train  masks.safetensors (best on ID dev; the mask at its target sparsity at that time)
+  super_tickets masks.safetensors (the Super Ticket: pruned heads and FFN sublayers of init_weights) and
+              super_tickets.safetensors (head / FFN-sublayer masks and importance); one row set: the pruned,
+              not re-trained model (the ticket's result is the downstream retrain node's)
   retrain     weights.safetensors (the fixed mask baked in: a plain HF state dict with zeros)
   evaluate    metric rows only
 Every stage also writes summary.json.
@@ -34,7 +37,7 @@ from .train import EvalRecord, TrainConfig, TrainLoop, predict_logits, release_m
 
 # Bump a stage's version when a change alters its results: its nodes (and everything downstream) re-run.
 STAGE_VERSION = {"bias_model": "1", "finetune": "1", "teacher": "1", "mask_train": "1", "imp": "1", "gmp": "1", "structured": "1",
-                 "retrain": "1", "evaluate": "1"}
+                 "super_tickets": "1", "retrain": "1", "evaluate": "1"}
 
 
 @dataclass
@@ -58,7 +61,7 @@ class StageConfig:
     save_steps: fine-tuning steps whose weights are saved for the timing paradigm.
     save_fractions: fractions of the fine-tuning's steps whose weights are saved (the planner's fixed grid).
     save_teacher: after fine-tuning, save its class probabilities over the training set (for conf_reg).
-    gradual / imp / structured: options of those pruning schedules (None: not used).
+    gradual / imp / structured / super_tickets: options of those pruning methods (None: not used).
     """
 
     stage: str = "mask_train"
@@ -84,6 +87,7 @@ class StageConfig:
     gradual: dict | None = None
     imp: dict | None = None
     structured: dict | None = None
+    super_tickets: dict | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
 
@@ -426,6 +430,69 @@ def structured_stage(ctx: Context, out_dir: str, report: Report | None, resume_s
     return rows_from_history(history, last.start_step + last.final.step, ctx.task)
 
 
+def super_ticket_options(cfg: StageConfig):
+    """SuperTicketOptions of a stage config: head/FFN fractions default to the grid sparsity only when absent
+    or None (an explicit 0.0 means "prune none of them")."""
+    from .pruning.super_tickets import SuperTicketOptions
+
+    o = dict(cfg.super_tickets or {})
+
+    def fraction(key: str) -> float:
+        return cfg.sparsity if o.get(key) is None else float(o[key])
+
+    return SuperTicketOptions(head_sparsity=fraction("head_sparsity"), ffn_sparsity=fraction("ffn_sparsity"),
+                              min_heads_per_layer=o.get("min_heads_per_layer", 1),
+                              normalize=o.get("normalize", True))
+
+
+def super_tickets_stage(ctx: Context, out_dir: str, report: Report | None, resume_state: dict | None) -> list[dict]:
+    """Super Tickets (srnet_core.pruning.super_tickets): head and FFN-sublayer importance of the fine-tuned
+    init_weights over the whole training set, one-shot prune, masks saved. The pruned model (fine-tuned weights,
+    not re-trained) is evaluated once for its rows; the ``retrain`` stage re-fine-tunes the ticket from the
+    pre-trained weights. One pass with no optimizer state: nothing to resume (a retry recomputes it)."""
+    from safetensors.torch import save_file
+
+    from .models import encoder_layers
+    from .pruning.super_tickets import check_head_budget, super_ticket
+
+    cfg = ctx.cfg
+    if not cfg.init_weights:
+        raise ValueError("the super_tickets stage needs init_weights (the std fine-tuned model to prune)")
+    options = super_ticket_options(cfg)
+    layers = encoder_layers(ctx.model)  # refuse an impossible head fraction before the pass over the data
+    explicit = (cfg.super_tickets or {}).get("head_sparsity") is not None
+    check_head_budget(len(layers), layers[0].num_heads, options.head_sparsity, options.min_heads_per_layer,
+                      field="super_tickets_options.head_sparsity" if explicit else "grid.sparsities")
+    ticket = super_ticket(ctx.model, ctx.train_enc, losses.get_loss(cfg.loss), batch_size=cfg.train.batch_size,
+                          device=ctx.device, amp=cfg.train.amp, options=options)
+    names = ctx.names(classifier=False)  # the pooler (when prunable) is kept whole, like `structured`
+    modules = dict(ctx.model.named_modules())
+    masks = {n: ticket.weight_masks[n] if n in ticket.weight_masks
+             else torch.ones(tuple(modules[n].weight.shape), dtype=torch.bool) for n in names}
+    encoder = ctx.encoder_names()
+    measured = sparsity_of({n: masks[n] for n in encoder})["total"]
+    os.makedirs(out_dir, exist_ok=True)
+    measured_all = _save_masks(ctx, os.path.join(out_dir, "masks.safetensors"), masks, cfg.sparsity,
+                               super_tickets=True, head_sparsity=ticket.head_sparsity,
+                               ffn_sparsity=ticket.ffn_sparsity)
+    with atomic_path(os.path.join(out_dir, "super_tickets.safetensors")) as tmp:
+        save_file({"head_mask": ticket.head_mask.to(torch.uint8).contiguous(),
+                   "ffn_mask": ticket.ffn_mask.to(torch.uint8).contiguous(),
+                   "head_importance": ticket.importance.heads.float().contiguous(),
+                   "ffn_importance": ticket.importance.ffn.float().contiguous(),
+                   "head_scores": ticket.head_scores.float().contiguous(),
+                   "ffn_scores": ticket.ffn_scores.float().contiguous()}, tmp)
+    mask_set = MaskSet(ctx.model, names, MaskConfig(init="none", sparsity=0.0), train_scores=False)
+    mask_set.load_masks(masks)
+    record = EvalRecord(0, 0.0, ctx.evaluate(), measured)
+    pruned_heads = [[int(h) for h in torch.nonzero(~row).flatten()] for row in ticket.head_mask]
+    _summary(ctx, out_dir, None, measured_sparsity=measured, measured_sparsity_all_masked=measured_all,
+             head_sparsity=ticket.head_sparsity, ffn_sparsity=ticket.ffn_sparsity,
+             pruned_heads=pruned_heads, pruned_ffn=[int(i) for i in torch.nonzero(~ticket.ffn_mask).flatten()],
+             importance_batches=ticket.importance.batches, importance_examples=ticket.importance.examples)
+    return rows_from_history([record], 0, ctx.task)
+
+
 def retrain(ctx: Context, out_dir: str, report: Report | None, resume_state: dict | None) -> list[dict]:
     """Fine-tune the weights of a fixed subnetwork from the pre-trained weights ("in isolation", paradigm b;
     sparse transfer). The classifier is not masked; the mask is loaded for every matrix the model shares
@@ -500,7 +567,8 @@ def teacher(ctx: Context, out_dir: str, report: Report | None, resume_state: dic
 
 
 STAGES: dict[str, Callable] = {"finetune": finetune, "teacher": teacher, "mask_train": mask_train, "imp": imp_stage, "gmp": gmp_stage,
-                               "structured": structured_stage, "retrain": retrain, "evaluate": evaluate}
+                               "structured": structured_stage, "super_tickets": super_tickets_stage,
+                               "retrain": retrain, "evaluate": evaluate}
 
 
 def run_stage(config: dict | StageConfig, out_dir: str, report: Report | None = None,
