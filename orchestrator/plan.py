@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -46,6 +47,7 @@ STAGE_FIELDS = {
     "imp": _COMMON + ("seed", "loss", "train", "imp"),
     "gmp": _COMMON + ("seed", "loss", "sparsity", "train", "mask", "gradual"),
     "structured": _COMMON + ("seed", "loss", "sparsity", "train", "structured"),
+    "super_tickets": _COMMON + ("seed", "loss", "sparsity", "train", "super_tickets"),
     "retrain": _COMMON + ("seed", "loss", "train"),
 }
 _BIAS_FROM_FILE = ("bias_file", "bias_sha256")  # bias_source: file (the path and its content in the key)
@@ -165,6 +167,7 @@ class _Builder:
         self.nodes: dict[str, Node] = {}
         self.ft_std: dict[tuple, Node] = {}  # (task, backbone, seed) -> the std fine-tuning everything shares
         self._bias_digests: dict[str, str] = {}
+        self.shapes: dict[str, object] = {}  # backbone -> ModelShape | None (plan-time checks)
 
     def add(self, node: Node) -> Node:
         existing = self.nodes.get(node.key)
@@ -320,7 +323,8 @@ def build_plan(spec: SweepSpec) -> Plan:
 
 @paradigm("a")
 def _paradigm_a(b: _Builder, cell: Cell) -> None:
-    """(a) prune a fine-tuned model: mask training / IMP / GMP / structured from each fine-tuning loss."""
+    """(a) prune a fine-tuned model: mask training / IMP / GMP / structured from each fine-tuning loss; Super
+    Tickets (std only) from the std fine-tune, each ticket re-fine-tuned from the pre-trained weights."""
     spec, g = b.spec, b.spec.grid
     task, backbone, seed = cell.task, cell.backbone, cell.seed
     for l1 in spec.paradigm_options.a.finetune_losses:
@@ -329,6 +333,8 @@ def _paradigm_a(b: _Builder, cell: Cell) -> None:
         for l2 in l2s:
             extra = {"finetune_loss": l1}
             for method in g.methods:
+                if method == "super_tickets":
+                    continue  # once per cell (std only), below
                 if method == "mask_train":
                     for s in g.sparsities:
                         b.mask_train(cell, ft, l2, s, "a", extra_cols={**extra})
@@ -346,6 +352,56 @@ def _paradigm_a(b: _Builder, cell: Cell) -> None:
                                   "init_weights": Input(ft, "weights.safetensors")}
                         b.add(Node(method, cfg, inputs, columns=b.columns(task, backbone, seed, "a", l2, s,
                                                                           method=method, **extra)))
+    if "super_tickets" in g.methods:
+        _super_tickets(b, cell)
+
+
+# The train settings the super_tickets stage reads: its importance pass runs at the fine-tuning's batch size.
+_SUPER_TICKETS_TRAIN = ("batch_size", "eval_batch_size", "amp")
+
+
+def _super_tickets(b: _Builder, cell: Cell) -> None:
+    """Super Tickets (Liang et al. 2021): per grid sparsity s, one super_tickets node pruning heads and FFN
+    sublayers of the std fine-tuned model (std loss), and one retrain node re-fine-tuning that ticket from the
+    pre-trained weights with its masks fixed (selected on ID dev). Result rows: the retrain node's, with
+    method ``retrain`` and mask_source ``super_tickets`` (the super_tickets node's own rows are the pruned
+    fine-tuned model before re-training, method ``super_tickets``)."""
+    spec = b.spec
+    options = spec.super_tickets_options.model_dump()
+    extra = {"finetune_loss": "std"}
+    for s in spec.grid.sparsities:
+        _check_super_ticket_heads(b, cell.backbone, options, s)
+        cfg = b.base_config("super_tickets", cell.task, cell.backbone, cell.seed, "std", s, train_stage="finetune")
+        cfg["train"] = {k: cfg["train"][k] for k in _SUPER_TICKETS_TRAIN}  # the std fine-tune's
+        cfg["super_tickets"] = options
+        ticket = b.add(Node("super_tickets", cfg, {"init_weights": Input(cell.ft_std, "weights.safetensors")},
+                            columns=b.columns(cell.task, cell.backbone, cell.seed, "a", "std", s,
+                                              method="super_tickets", **extra)))
+        b.retrain(cell, ticket, "masks.safetensors", "std", s, "a",
+                  extra_cols={**extra, "mask_source": "super_tickets"})
+
+
+def _check_super_ticket_heads(b: _Builder, backbone: str, options: dict, s: float) -> None:
+    """Refuse, before anything runs, a head fraction that would take a layer below min_heads_per_layer, when
+    the backbone's head count is known without the network (tiny-bert, minilm, a local model directory)."""
+    if backbone not in ("tiny-bert", "minilm") and not os.path.isfile(os.path.join(backbone, "config.json")):
+        return  # a hub name: the stage checks it (same one-line message)
+    if backbone not in b.shapes:
+        from .packing import backbone_shape
+
+        b.shapes[backbone] = backbone_shape(backbone)
+    shape = b.shapes[backbone]
+    if shape is None:
+        return
+    from srnet_core.pruning.super_tickets import check_head_budget
+
+    explicit = options.get("head_sparsity") is not None
+    head_sparsity = options["head_sparsity"] if explicit else s
+    try:
+        check_head_budget(shape.layers, shape.heads, head_sparsity, options["min_heads_per_layer"],
+                          field="super_tickets_options.head_sparsity" if explicit else "grid.sparsities")
+    except ValueError as err:
+        raise SpecError(f"{err} for backbone '{backbone}' (method super_tickets)") from None
 
 
 @paradigm("b")
@@ -525,6 +581,9 @@ def node_seconds(node: Node) -> float:
     n_train = train_size(cfg["task"], cfg["task_options"])
     if node.stage == "teacher":
         return 30.0 + n_train / eval_per_s  # model load + one pass over the training set
+    if node.stage == "super_tickets":  # one forward+backward pass over the training set, one evaluation
+        batches = math.ceil(n_train / max(1, int(cfg["train"].get("batch_size", 32))))
+        return 30.0 + batches / steps_per_s + eval_size(cfg["task"], cfg["task_options"]) / eval_per_s
     train = TrainConfig(**cfg["train"])
     steps = train.total_steps(n_train)
     evals = math.ceil(steps / max(1, train.eval_every)) + 1

@@ -115,10 +115,11 @@ def load_speed(output_dir: str) -> dict | None:
 def speed_cell(method: str, sparsity, speed: dict | None) -> str:
     """Inference speed-up vs dense of what ``method`` produces at ``sparsity``: measured when ``speed`` has
     that variant (largest batch measured), else what is known without measuring: unstructured masks are
-    dense matrices with zeros, so no speed-up; structured tickets need a measurement."""
+    dense matrices with zeros, so no speed-up; structured tickets need a measurement (Super Tickets remove
+    whole FFN sublayers, which the ``structured`` measurements do not cover: their own kind, ``super_tickets``)."""
     if sparsity is None or pd.isna(sparsity) or float(sparsity) == 0.0:
         return "1.00x (dense)"
-    kind = "structured" if method == "structured" else "unstructured"
+    kind = method if method in ("structured", "super_tickets") else "unstructured"
     rows = [r for r in (speed or {}).get("rows", []) if r.get("kind") == kind
             and abs(float(r.get("sparsity", -1)) - float(sparsity)) < 1e-6]
     if rows:

@@ -58,7 +58,8 @@ PROVENANCE = ["code_version", "hostname", "gpu_type", "gpus_used", "torch_versio
 # sparsity_curve refuses to average over it and names it.
 DESIGN_COLUMNS = ["finetune_loss", "mask_source", "base_paradigm", "source_task", "start_step", "s_initial"]
 # Curves are grouped by these node columns; seeds are averaged over. ``method`` is the pruning method
-# (mask_train, imp, imp_rw, gmp, structured, retrain); nodes without one (finetune, bias_model) use their stage.
+# (mask_train, imp, imp_rw, gmp, structured, super_tickets, retrain; a Super Ticket's re-training is method retrain
+# with mask_source super_tickets); nodes without one (finetune, bias_model) use their stage.
 CURVE_BY = ["task", "backbone", "paradigm", "method", "loss", *DESIGN_COLUMNS]
 _SEED_COLUMNS = {"seed", "cfg.seed", "cfg.train.seed"}
 # Columns that legitimately differ between the seeds of one curve point (outputs, timing, provenance).

@@ -76,7 +76,7 @@ def _check_flag_number(value, where: str, minimum: float, strict: bool = False):
 
 LossName = Literal["std", "poe", "reweight", "conf_reg", "kd"]  # kd: Sparse*BERT distillation
 Paradigm = Literal["a", "b", "c", "ood_upper_bound", "timing", "gradual", "transfer"]
-Method = Literal["mask_train", "imp", "gmp", "structured"]
+Method = Literal["mask_train", "imp", "gmp", "structured", "super_tickets"]
 
 
 class Grid(_Strict):
@@ -94,7 +94,10 @@ class Grid(_Strict):
     losses: list[LossName] = ["std"]
     # How (a) prunes: mask training, IMP (one run gives the 0.1..0.9 series), gradual magnitude pruning
     # (weights trained), structured (heads and FFN neurons by importance;
-    # a neuron-level relative of Super Tickets, not Super Tickets itself: docs/pruning.md).
+    # a neuron-level relative of Super Tickets, not Super Tickets itself: docs/pruning.md), super_tickets
+    # (Liang et al. 2021: heads and whole FFN sublayers of the std fine-tuned model by importance over the whole
+    # training set, one shot, then re-fine-tuned from the pre-trained weights by a retrain node; its phase
+    # transition is swept with low grid sparsities, e.g. sparsities: [0.1, 0.2, 0.3, 0.4, 0.5]).
     methods: list[Method] = ["mask_train"]
 
     @field_validator("tasks")
@@ -261,6 +264,17 @@ class StructuredOptions(_Strict):
     ranking: Literal["global", "layer"] = "global"
 
 
+class SuperTicketsOptions(_Strict):
+    """srnet_core.pruning.super_tickets.SuperTicketOptions. Each grid sparsity s plans one super_tickets node
+    (from the std fine-tuned weights, std loss) and one retrain node (pre-trained weights, the ticket's masks
+    fixed, retrain section, selected on ID dev)."""
+
+    head_sparsity: float | None = Field(None, ge=0, lt=1)  # fraction of all heads removed; None: s
+    ffn_sparsity: float | None = Field(None, ge=0, lt=1)  # fraction of all FFN sublayers removed; None: s
+    min_heads_per_layer: int = Field(1, ge=1)  # global ranking never takes a layer below this
+    normalize: bool = True  # heads: L2 per layer (Michel et al.); FFN sublayers: L2 over layers (reference code)
+
+
 class LossOverrides(_Strict):
     """Per stage kind, per loss: TrainConfig fields that differ for that loss (protocol 6: on MNLI PoE and
     conf_reg fine-tuning run 5 epochs, std 3), e.g. {finetune: {poe: {epochs: 5}}}."""
@@ -323,8 +337,8 @@ class Resources(_Strict):
     max_concurrent_trials: int | None = Field(None, ge=1)
     # Per stage kind, e.g. {bias_model: {gpus: 0}, mask_train: {gpus: 0.5}}: what differs from the above.
     # bias_model (scikit-learn) asks for no GPU unless given one here.
-    stages: dict[Literal["bias_model", "finetune", "teacher", "mask_train", "imp", "gmp", "structured", "retrain",
-                         "evaluate"],
+    stages: dict[Literal["bias_model", "finetune", "teacher", "mask_train", "imp", "gmp", "structured",
+                         "super_tickets", "retrain", "evaluate"],
                  StageResources] = {}
     # Times a node's trial is retried after its process dies or it raises (Tune FailureConfig.max_failures);
     # a retry resumes from the node's last checkpoint. 0: fail at once.
@@ -377,6 +391,7 @@ class SweepSpec(_Strict):
     imp_options: IMPOptions = IMPOptions()
     gmp_options: GMPOptions = GMPOptions()
     structured_options: StructuredOptions = StructuredOptions()
+    super_tickets_options: SuperTicketsOptions = SuperTicketsOptions()
     resources: Resources = Resources()
     search: SearchSpec | None = None  # an Optuna study (python -m orchestrator.search; docs/search.md)
 
