@@ -94,6 +94,15 @@ def test_adding_a_backbone(base, capsys):
     _report("backbone", new, capsys)
 
 
+def test_adding_super_tickets(base, capsys):
+    new = _new(base, plan_of(lambda d: d["grid"]["methods"].append("super_tickets")))
+    # per (task, backbone, seed) and grid sparsity: one ticket from the std fine-tune and its re-training
+    assert sorted({n.stage for n in new}) == ["retrain", "super_tickets"]
+    assert sum(n.stage == "super_tickets" for n in new) == sum(n.stage == "retrain" for n in new) == 36 * 4
+    assert all(n.stage == "super_tickets" or n.inputs["mask_file"].node.stage == "super_tickets" for n in new)
+    _report("super_tickets", new, capsys)
+
+
 def _descendants(plan, roots: set[str]) -> set[str]:
     out = set(roots)
     for key, node in plan.nodes.items():  # insertion order is topological
