@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from srnet_core.stages import STAGE_VERSION
+from srnet_core.tasks import TASKS
 
 from .spec import SpecError, SweepSpec
 
@@ -88,6 +89,12 @@ def _keyed(field: str, value):
     if field == "train" and isinstance(value, dict):
         return {k: v for k, v in value.items() if k not in _TRAIN_NOT_IN_KEY}
     return value
+
+
+def keyed_task_options(task: str, options: dict) -> dict:
+    """A node's task options: the spec's, plus the task's ``KEYED_DEFAULTS`` (defaults that change the data, such
+    as the synthetic generator's template version), so a new default re-keys the nodes whose data it changes."""
+    return {**getattr(TASKS.get(task), "KEYED_DEFAULTS", {}), **options}
 
 
 def node_key(stage: str, stage_config: dict, inputs: dict[str, Input], version: str | None = None) -> str:
@@ -182,7 +189,8 @@ class _Builder:
         spec = self.spec
         cfg = {
             "stage": stage, "task": task,
-            "task_options": dict(task_options if task_options is not None else spec.task_options.get(task, {})),
+            "task_options": keyed_task_options(task, task_options if task_options is not None
+                                               else spec.task_options.get(task, {})),
             "data_dir": spec.resolved_data_dir(), "backbone": backbone, "seed": seed, "loss": loss,
             "sparsity": sparsity, "max_length": spec.max_length, "device": spec.device,
             "train": spec.train_config(train_stage or stage, task, seed, loss),  # per-loss overrides too
@@ -200,8 +208,8 @@ class _Builder:
     # -- shared upstream nodes ------------------------------------------------------------------------
     def bias(self, task: str, task_options: dict | None = None) -> Node:
         cfg = {"stage": "bias_model", "task": task, "data_dir": self.spec.resolved_data_dir(),
-               "task_options": dict(task_options if task_options is not None
-                                    else self.spec.task_options.get(task, {}))}
+               "task_options": keyed_task_options(task, task_options if task_options is not None
+                                                  else self.spec.task_options.get(task, {}))}
         return self.add(Node("bias_model", cfg, columns=self.columns(task, "", -1, "bias_model", "", 0.0)))
 
     def teacher(self, ft: Node) -> Node:

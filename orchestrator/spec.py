@@ -551,6 +551,7 @@ _SYNTHETIC_RANGES = {
     "spurious_agreement": (lambda v: 0 <= v <= 1, "must be a probability in [0, 1]"),
     "ood_mode": (lambda v: v in ("reversed", "balanced"), "must be 'reversed' or 'balanced'"),
     "data_seed": (lambda v: v >= 0, "must be an integer >= 0"),
+    "generator": (lambda v: v in (1, 2), "must be 1 (the first templates) or 2"),
 }
 
 

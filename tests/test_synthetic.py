@@ -72,3 +72,34 @@ def test_ood_train_added_for_the_upper_bound():
     assert task.size_hint("train", n_train=200, n_ood_train=60, add_ood_train=True) == 260
     test_ood = task.load("ood")
     assert not set(test_ood.text_b) >= set(np.asarray(train.text_b)[added])  # not the test examples
+
+
+def _bias_accuracy_by_overlap(generator: int) -> tuple[float, float, float]:
+    from srnet_core.bias import fit_bias_model
+
+    task = get_task("synthetic", n_train=1500, n_dev=1000, spurious_agreement=0.9, generator=generator)
+    fitted = fit_bias_model(task, ["dev"])
+    dev = task.load("dev")
+    assert fitted.ids["dev"] == list(dev.ids)
+    pred = fitted.log_probs["dev"].argmax(-1)
+    high = np.asarray(dev.extra["high_overlap"])
+    right = pred == dev.labels
+    return float(right.mean()), float(right[high].mean()), float(right[~high].mean())
+
+
+def test_overlap_bias_model_sees_only_the_overlap_cue():
+    """Generator 2: on low-overlap pairs both labels share one premise word, so the overlap bias model is at the
+    agreement rate (0.9 by the overlap prior) and NOT an oracle; generator 1 let it read the label off low-overlap
+    pairs (0.99), which left PoE nothing to learn from (the demo's PoE models sat at chance)."""
+    overall, high, low = _bias_accuracy_by_overlap(2)
+    assert abs(overall - 0.9) < 0.04 and abs(high - 0.9) < 0.05 and abs(low - 0.9) < 0.05
+    _, _, low_v1 = _bias_accuracy_by_overlap(1)
+    assert low_v1 > 0.97
+
+
+def test_generator_version_enters_node_keys():
+    from orchestrator.plan import keyed_task_options
+
+    assert keyed_task_options("synthetic", {"n_train": 10}) == {"generator": 2, "n_train": 10}
+    assert keyed_task_options("synthetic", {"generator": 1}) == {"generator": 1}
+    assert keyed_task_options("mnli", {"train_size": 8}) == {"train_size": 8}  # real tasks: keys unchanged

@@ -3,10 +3,12 @@
 Premise: "the {adj} {agent} {verb} the {patient} near the {place} ."  The real rule: the hypothesis is
 entailed iff it does not contradict who did what to whom. The spurious feature is word overlap, as in HANS:
   - entailed, high overlap:   "the {agent} {verb} the {patient} near the {place} ."
-  - entailed, low overlap:    "someone {verb} a {patient_class} ." / "a {agent_class} was near the {place} ." ...
+  - entailed, low overlap:    "someone {verb} a {patient_class} ." / "something happened at a {place} ." ...
   - not entailed, high overlap: roles swapped, "the {patient} {verb} the {agent} near the {place} ." (all words
     occur in the premise: the lexical-overlap trap)
-  - not entailed, low overlap: a different event with fresh words.
+  - not entailed, low overlap: the same templates negated, "nobody {verb} a {patient_class} ." ... (generator 2,
+    the default: both low-overlap labels share one premise word, so word overlap tells them apart no better
+    than chance; generator 1, the first templates, used a different event with fresh words instead)
 In ``train`` and ``dev`` (ID) the overlap agrees with the label with probability ``spurious_agreement``; in
 ``ood`` it is reversed (entailed pairs low overlap, non-entailed high overlap) or ``balanced`` (50/50).
 Generation is seeded and deterministic: the same options give the same examples, byte for byte.
@@ -42,6 +44,12 @@ class SyntheticOptions:
     spurious_agreement: float = 0.9
     ood_mode: str = "reversed"  # or "balanced"
     data_seed: int = 0
+    # Template set. 2 (default): the low-overlap hypotheses of both labels share exactly one premise word and
+    # differ only in the words some/no ("someone saw a person" vs "nobody saw a person"), so overlap features
+    # (the bias model) see only high vs low overlap, as on HANS. 1: the first templates, kept to reproduce old
+    # results: their low-overlap non-entailed hypotheses share no premise word, so an overlap bias model is
+    # ~0.99 accurate on low-overlap pairs, a near-oracle against which PoE learns almost nothing.
+    generator: int = 2
     # OOD upper bound (protocol.md section 6): add OOD-distributed training examples to the training split,
     # as MNLI + HANS train. n_ood_train of them, drawn independently of the ``ood`` test split.
     add_ood_train: bool = False
@@ -55,7 +63,7 @@ def _noun_class(noun: str) -> str:
     return next(c for c, words in AGENTS.items() if noun in words)
 
 
-def _make_pair(rng: random.Random, entailed: bool, high_overlap: bool) -> tuple[str, str]:
+def _make_pair(rng: random.Random, entailed: bool, high_overlap: bool, generator: int = 2) -> tuple[str, str]:
     nouns = AGENTS["person"] + AGENTS["animal"]
     agent, patient = rng.sample(nouns, 2)
     verb, adj, place = rng.choice(VERBS), rng.choice(ADJS), rng.choice(PLACES)
@@ -65,6 +73,16 @@ def _make_pair(rng: random.Random, entailed: bool, high_overlap: bool) -> tuple[
             f"the {agent} {verb} the {patient} near the {place} .",
             f"the {adj} {agent} {verb} the {patient} .",
             f"the {agent} {verb} the {patient} .",
+        ])
+    elif not high_overlap and generator >= 2:
+        # one premise word each (the verb or the place); the label is in some/no alone
+        agent_c, patient_c = _noun_class(agent), _noun_class(patient)
+        hyp = rng.choice([
+            f"someone {verb} a {patient_c} .", f"a {agent_c} {verb} somebody .",
+            f"something happened at a {place} .", f"a {agent_c} was at a {place} .",
+        ] if entailed else [
+            f"nobody {verb} a {patient_c} .", f"no {agent_c} {verb} anybody .",
+            f"nothing happened at a {place} .", f"no {agent_c} was at a {place} .",
         ])
     elif entailed:
         hyp = rng.choice([
@@ -108,7 +126,7 @@ def generate(split: str, options: SyntheticOptions) -> PairSplit:
         else:
             agree = rng.random() < options.spurious_agreement
         high = entailed if agree else not entailed
-        p, h = _make_pair(rng, entailed, high)
+        p, h = _make_pair(rng, entailed, high, options.generator)
         ids.append(f"{split}-{i}")
         prem.append(p)
         hyp.append(h)
@@ -127,6 +145,9 @@ class SyntheticTask(Task):
     id_eval_splits = ["dev"]
     ood_eval_splits = ["ood"]
     ood_dev_splits = ["ood_dev"]
+    # enters every node's key (orchestrator.plan.keyed_task_options): results made with other templates are
+    # never reused
+    KEYED_DEFAULTS = {"generator": SyntheticOptions.generator}
 
     def __init__(self, **options):
         self.options = SyntheticOptions(**options)
