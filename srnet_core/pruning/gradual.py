@@ -16,7 +16,7 @@ from torch import nn
 from ..data import Encoded
 from ..masks import MaskConfig, MaskSet, sparsity_of
 from ..train import EvalRecord, TrainConfig, TrainLoop
-from .common import (Report, clone_tensors, copy_into, encoder_names, mask_snapshot, masks_from_snapshot,
+from .common import (Report, copy_into, encoder_names, mask_snapshot, masks_from_snapshot,
                      only_when, steps_per_epoch, trainable_params, weights_from_snapshot)
 from .schedules import CubicSparsitySchedule
 

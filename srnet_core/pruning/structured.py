@@ -69,6 +69,16 @@ class StructuredOptions:
 
 
 # -- importance ---------------------------------------------------------------------------------------------
+def head_gate_hook(gates: torch.Tensor, i: int, heads: int, size: int):
+    """A forward pre-hook on layer i's attention-output matrix: multiplies head h's slice of its input by
+    ``gates[i, h]`` (shared by this module's gates and Super Tickets')."""
+    def hook(module, args):
+        x = args[0]
+        gated = x.view(*x.shape[:-1], heads, size) * gates[i].to(x.dtype).view(heads, 1)
+        return (gated.view(x.shape),) + tuple(args[1:])
+    return hook
+
+
 class _Gates:
     """Forward pre-hooks that multiply each head's / neuron's input to the output matrices by a gate."""
 
@@ -82,15 +92,8 @@ class _Gates:
         self.handles = []
         for i, layer in enumerate(layers):
             self.handles.append(modules[layer.names["attn_out"]].register_forward_pre_hook(
-                self._head_hook(i, layer.num_heads, layer.head_size)))
+                head_gate_hook(self.heads, i, layer.num_heads, layer.head_size)))
             self.handles.append(modules[layer.names["ffn_out"]].register_forward_pre_hook(self._neuron_hook(i)))
-
-    def _head_hook(self, i: int, heads: int, size: int):
-        def hook(module, args):
-            x = args[0]
-            gated = x.view(*x.shape[:-1], heads, size) * self.heads[i].to(x.dtype).view(heads, 1)
-            return (gated.view(x.shape),) + tuple(args[1:])
-        return hook
 
     def _neuron_hook(self, i: int):
         def hook(module, args):

@@ -30,7 +30,7 @@ from ..data import Encoded
 from ..masks import prune_count
 from ..models import EncoderLayer, _base_weight, encoder_layers
 from ..train import autocast_context, forward_logits
-from .structured import normalize_per_layer, select_alive, structured_weight_masks
+from .structured import head_gate_hook, normalize_per_layer, select_alive, structured_weight_masks
 
 
 @dataclass
@@ -81,15 +81,8 @@ class SublayerGates:
         self.handles = []
         for i, layer in enumerate(layers):
             self.handles.append(modules[layer.names["attn_out"]].register_forward_pre_hook(
-                self._head_hook(i, layer.num_heads, layer.head_size)))
+                head_gate_hook(self.heads, i, layer.num_heads, layer.head_size)))
             self.handles.append(modules[layer.names["ffn_out"]].register_forward_hook(self._ffn_hook(i)))
-
-    def _head_hook(self, i: int, heads: int, size: int):
-        def hook(module, args):
-            x = args[0]
-            gated = x.view(*x.shape[:-1], heads, size) * self.heads[i].to(x.dtype).view(heads, 1)
-            return (gated.view(x.shape),) + tuple(args[1:])
-        return hook
 
     def _ffn_hook(self, i: int):
         def hook(module, args, output):
