@@ -19,6 +19,7 @@ format as every other method); ``shrink_model`` slices the matrices to build the
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
@@ -69,6 +70,23 @@ class StructuredOptions:
 
 
 # -- importance ---------------------------------------------------------------------------------------------
+@contextmanager
+def frozen_eval(model: nn.Module):
+    """A gate pass's model state: eval mode (no dropout), no weight gradients; the training flag and every
+    requires_grad flag are restored afterwards (shared by this module and Super Tickets)."""
+    was_training = model.training
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    try:
+        yield
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+        model.train(was_training)
+
+
 def head_gate_hook(gates: torch.Tensor, i: int, heads: int, size: int):
     """A forward pre-hook on layer i's attention-output matrix: multiplies head h's slice of its input by
     ``gates[i, h]`` (shared by this module's gates and Super Tickets')."""
@@ -119,33 +137,26 @@ def compute_importance(model: nn.Module, train_data: Encoded, loss_fn, *, batch_
     shuffled subset of the training data is used (one per round)."""
     layers = layers or encoder_layers(model)
     device = torch.device(device)
-    was_training = model.training
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    gates = _Gates(model, layers, device)
-    head_scores = torch.zeros_like(gates.heads, requires_grad=False)
-    neuron_scores = torch.zeros_like(gates.neurons, requires_grad=False)
-    model.eval()
-    try:
-        order = epoch_order(len(train_data), seed, 1_000_000 + draw)
-        for b in range(batches):
-            index = order[b * batch_size: (b + 1) * batch_size]
-            if len(index) == 0:
-                break
-            batch = train_data.batch(index)
-            with autocast_context(device, amp):
-                logits = forward_logits(model, batch, device)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss = loss_fn(logits.float(), batch)
-            g_heads, g_neurons = torch.autograd.grad(loss, [gates.heads, gates.neurons])
-            head_scores += g_heads.abs()
-            neuron_scores += g_neurons.abs()
-    finally:
-        gates.remove()
-        for n, p in model.named_parameters():
-            p.requires_grad_(flags[n])
-        model.train(was_training)
+    with frozen_eval(model):
+        gates = _Gates(model, layers, device)
+        head_scores = torch.zeros_like(gates.heads, requires_grad=False)
+        neuron_scores = torch.zeros_like(gates.neurons, requires_grad=False)
+        try:
+            order = epoch_order(len(train_data), seed, 1_000_000 + draw)
+            for b in range(batches):
+                index = order[b * batch_size: (b + 1) * batch_size]
+                if len(index) == 0:
+                    break
+                batch = train_data.batch(index)
+                with autocast_context(device, amp):
+                    logits = forward_logits(model, batch, device)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                loss = loss_fn(logits.float(), batch)
+                g_heads, g_neurons = torch.autograd.grad(loss, [gates.heads, gates.neurons])
+                head_scores += g_heads.abs()
+                neuron_scores += g_neurons.abs()
+        finally:
+            gates.remove()
     return head_scores.detach().cpu(), neuron_scores.detach().cpu()
 
 

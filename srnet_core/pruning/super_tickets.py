@@ -30,7 +30,7 @@ from ..data import Encoded
 from ..masks import prune_count
 from ..models import EncoderLayer, _base_weight, encoder_layers
 from ..train import autocast_context, forward_logits
-from .structured import head_gate_hook, normalize_per_layer, select_alive, structured_weight_masks
+from .structured import frozen_eval, head_gate_hook, normalize_per_layer, select_alive, structured_weight_masks
 
 
 @dataclass
@@ -119,32 +119,25 @@ def gate_importance(model: nn.Module, train_data: Encoded, loss_fn, *, batch_siz
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     layers = layers or encoder_layers(model)
     device = torch.device(device)
-    was_training = model.training
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    gates = SublayerGates(model, layers, device)
-    heads = torch.zeros(gates.heads.shape, dtype=torch.float64)
-    ffn = torch.zeros(gates.ffn.shape, dtype=torch.float64)
-    batches = examples = 0
-    model.eval()
-    try:
-        for index in fixed_batches(len(train_data), batch_size):
-            batch = train_data.batch(index)
-            with autocast_context(device, amp):
-                logits = forward_logits(model, batch, device)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss = loss_fn(logits.float(), batch)
-            g_heads, g_ffn = torch.autograd.grad(loss, [gates.heads, gates.ffn])
-            heads += g_heads.detach().abs().double().cpu()
-            ffn += g_ffn.detach().abs().double().cpu()
-            batches += 1
-            examples += len(index)
-    finally:
-        gates.remove()
-        for n, p in model.named_parameters():
-            p.requires_grad_(flags[n])
-        model.train(was_training)
+    with frozen_eval(model):
+        gates = SublayerGates(model, layers, device)
+        heads = torch.zeros(gates.heads.shape, dtype=torch.float64)
+        ffn = torch.zeros(gates.ffn.shape, dtype=torch.float64)
+        batches = examples = 0
+        try:
+            for index in fixed_batches(len(train_data), batch_size):
+                batch = train_data.batch(index)
+                with autocast_context(device, amp):
+                    logits = forward_logits(model, batch, device)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                loss = loss_fn(logits.float(), batch)
+                g_heads, g_ffn = torch.autograd.grad(loss, [gates.heads, gates.ffn])
+                heads += g_heads.detach().abs().double().cpu()
+                ffn += g_ffn.detach().abs().double().cpu()
+                batches += 1
+                examples += len(index)
+        finally:
+            gates.remove()
     return Importance(heads.float(), ffn.float(), batches, examples)
 
 
