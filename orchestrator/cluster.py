@@ -23,6 +23,8 @@ import tempfile
 import uuid
 from typing import TYPE_CHECKING
 
+from workers.uri import is_uri
+
 if TYPE_CHECKING:  # the probe task imports this module on every node: keep it free of torch
     from .spec import SweepSpec
 
@@ -37,10 +39,6 @@ class ClusterError(RuntimeError):
 
 
 # -- paths --------------------------------------------------------------------------------------------------
-
-def is_uri(path: str) -> bool:
-    return "://" in path
-
 
 def resolve_path(path: str | None) -> str | None:
     """Absolute local path (``~`` expanded, relative to the driver's working directory); URIs unchanged."""
@@ -191,18 +189,14 @@ def trial_resources(spec: SweepSpec, stage: str, n_trials: int, nodes: list[dict
     """
     from .spec import SpecError
 
-    override = spec.resources.stages.get(stage)
-    cpus = override.cpus if override and override.cpus is not None else spec.resources.cpus_per_trial
-    gpus = override.gpus if override and override.gpus is not None else (
-        0.0 if stage == "bias_model" else spec.resources.gpus_per_trial)
+    cpus, cpu_field, gpus, gpu_field = spec.stage_request(stage)
     shapes = trial_shapes(nodes, node_types)
     gpu_shapes = [s for s in shapes if s["GPU"] > 0]
     hypothetical = False  # a GPU node assumed to come from an autoscaler that does not say what it can start
     if gpus == "auto":
         gpus = 1.0 if gpu_shapes else 0.0
     elif gpus > 0 and not [s for s in gpu_shapes if s["GPU"] >= min(gpus, 1.0)]:
-        field = f"resources.stages.{stage}.gpus" if override and override.gpus is not None \
-            else "resources.gpus_per_trial"
+        field = gpu_field
         if joined and node_types is None:
             _warn_once(f"warning: field '{field}': {gpus} GPUs asked and no Ray node has one now; the trials wait "
                        "for the autoscaler to start a GPU node (on a cluster that cannot, they wait forever: stop "
@@ -221,9 +215,7 @@ def trial_resources(spec: SweepSpec, stage: str, n_trials: int, nodes: list[dict
         total = max(alive, reachable)
         cpus = min(largest, max(1.0, float(int(total // max(1, n_trials)))))
     elif shapes and cpus > largest:
-        field = f"resources.stages.{stage}.cpus" if override and override.cpus is not None \
-            else "resources.cpus_per_trial"
-        raise SpecError(f"field '{field}': {cpus} CPUs asked but the largest node that can run this trial has "
+        raise SpecError(f"field '{cpu_field}': {cpus} CPUs asked but the largest node that can run this trial has "
                         f"{largest:g}; ask for at most {largest:g} (or 'auto')")
     return {"cpu": float(cpus), "gpu": float(gpus)}
 
@@ -247,7 +239,8 @@ def runtime_env() -> dict:
     from workers.provenance import code_version
 
     return {"py_modules": [os.path.join(REPO, p) for p in PACKAGES], "excludes": ["__pycache__", "*.pyc"],
-            "env_vars": {"SRNET_CODE_VERSION": code_version()}}
+            "env_vars": {"SRNET_CODE_VERSION": code_version(),
+                         **{k: os.environ[k] for k in ("SRNET_PLUGINS",) if os.environ.get(k)}}}
 
 
 def driver_versions(stage: str) -> dict:

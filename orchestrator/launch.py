@@ -16,6 +16,8 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from srnet_core.stages import get_kind
+from srnet_core.stages.registry import plugin_list
 from workers.store import ArtifactStore
 
 from . import cluster as clusterlib
@@ -30,6 +32,7 @@ def node_payload(node: Node, store: ArtifactStore, resources: dict | None = None
     return {"key": node.key, "stage": node.stage, "stage_config": node.stage_config,
             "inputs": {name: [i.node.stage, i.node.key, i.filename] for name, i in node.inputs.items()},
             "artifact_root": store.root, "resources": resources or {},
+            "plugins": plugin_list(),  # the spec's plugins: the worker imports them (their stage kinds) first
             # checked by the worker before it runs: same code, and the driver's store (not a node-local copy)
             "versions": clusterlib.driver_versions(node.stage), "store_id": clusterlib.store_identity(store.root),
             "columns": {**node.columns, "upstream_keys": ",".join(u.key for u in node.upstream)}}
@@ -244,16 +247,13 @@ def error_frame(node: Node, message: str) -> pd.DataFrame:
     return pd.DataFrame([row])
 
 
-# Intermediate nodes whose rows stay in the store only: a teacher has no eval sets (its one row is its accuracy
-# on the training data), which curves and checkpoint re-selection must not see. Their failures are published.
-UNPUBLISHED_STAGES = {"teacher"}
-
-
 def publish_node(node: Node, store: ArtifactStore, root: str, error: str | None = None,
                  known_complete: bool = False) -> None:
     if error is not None:
         results.publish(root, error_frame(node, error))
-    elif node.stage in UNPUBLISHED_STAGES:
+    # an internal node (StageKind.publishes False, e.g. the teacher: one row, its accuracy on the training
+    # data, which curves and checkpoint re-selection must not see) keeps its rows in the store; failures publish
+    elif not get_kind(node.stage).publishes:
         return
     elif known_complete or store.is_complete(node.stage, node.key):
         results.publish(root, pd.read_parquet(store.fetch(node.stage, node.key, "rows.parquet")))
@@ -275,7 +275,7 @@ def collect(plan: Plan, store: ArtifactStore, root: str, errors: dict[str, str],
         if node.key in errors:
             if node.key not in failed:  # the launch's publisher wrote it already, unless it failed to
                 publish_node(node, store, root, errors[node.key])
-        elif node.key not in done and (node.stage, node.key) in complete and node.stage not in UNPUBLISHED_STAGES:
+        elif node.key not in done and (node.stage, node.key) in complete and get_kind(node.stage).publishes:
             publish_node(node, store, root, known_complete=True)
 
 

@@ -10,55 +10,21 @@ from __future__ import annotations
 
 import os
 
-from srnet_core.memory import ModelShape, estimate_stage_memory
-from srnet_core.models import TINY_BERT_CONFIG, resolve_backbone_path
+from srnet_core.memory import backbone_shape, estimate_stage_memory
+from srnet_core.stages import get_kind
 
 from .spec import SpecError, SweepSpec
 
 GIB = 2**30
 
 
-def stage_gpu_fraction(spec: SweepSpec, stage: str) -> float | str:
-    """The GPU fraction a trial of ``stage`` asks for ("auto" = a whole GPU when there is one)."""
-    override = spec.resources.stages.get(stage)
-    if override is not None and override.gpus is not None:
-        return override.gpus
-    return 0.0 if stage == "bias_model" else spec.resources.gpus_per_trial
-
-
-def _field(spec: SweepSpec, stage: str) -> str:
-    override = spec.resources.stages.get(stage)
-    return (f"resources.stages.{stage}.gpus" if override is not None and override.gpus is not None
-            else "resources.gpus_per_trial")
-
-
-def backbone_shape(backbone: str, num_labels: int = 3) -> ModelShape | None:
-    """The backbone's shape from its config alone (no weights are read); None when it cannot be found."""
-    from transformers import AutoConfig
-
-    if backbone == "tiny-bert":
-        c = TINY_BERT_CONFIG
-        return ModelShape.bert(c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"],
-                               c["intermediate_size"], positions=c["max_position_embeddings"], num_labels=num_labels)
-    try:
-        cfg = AutoConfig.from_pretrained(resolve_backbone_path(backbone))
-    except Exception:  # noqa: BLE001 - not reachable from here (hub name offline): no estimate, no refusal
-        return None
-    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "dim")
-    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layers")
-    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_heads")
-    inter = getattr(cfg, "intermediate_size", None) or getattr(cfg, "hidden_dim", 4 * hidden)
-    return ModelShape.bert(hidden, layers, heads, inter, vocab=cfg.vocab_size,
-                           positions=getattr(cfg, "max_position_embeddings", 512), num_labels=num_labels)
-
-
 def packing_report(spec: SweepSpec, plan, gpu_memory_bytes: int) -> list[dict]:
     """Per (stage, backbone, batch, length): the estimated peak and the share of the GPU it may use."""
     rows: dict[tuple, dict] = {}
     for node in plan.nodes.values():
-        if node.stage == "bias_model":
+        if get_kind(node.stage).memory == "cpu":
             continue
-        fraction = stage_gpu_fraction(spec, node.stage)
+        _, _, fraction, _ = spec.stage_request(node.stage)
         if fraction == "auto":
             fraction = 1.0
         if not fraction:
@@ -96,7 +62,7 @@ def check_packing(spec: SweepSpec, plan, gpu_memory_bytes: int | None) -> list[d
             fits = next((1 / n for n in (8, 4, 2, 1) if 1 / n >= need_fraction), None)
             fix = (f"use {fits:g} or more" if fits else "the trial does not fit one GPU: lower batch_size or max_length")
             raise SpecError(
-                f"field '{_field(spec, row['stage'])}': {row['gpu_fraction']:g} GPU gives a {row['stage']} trial "
+                f"field '{spec.stage_request(row['stage'])[3]}': {row['gpu_fraction']:g} GPU gives a {row['stage']} trial "
                 f"{row['share_bytes'] / GIB:.1f} GiB but {row['backbone']} at batch {row['batch']} x {row['seq']} "
                 f"needs ~{row['estimate_bytes'] / GIB:.1f} GiB (srnet_core.memory); {fix}")
     return rows

@@ -119,7 +119,10 @@ def speed_cell(method: str, sparsity, speed: dict | None) -> str:
     whole FFN sublayers, which the ``structured`` measurements do not cover: their own kind, ``super_tickets``)."""
     if sparsity is None or pd.isna(sparsity) or float(sparsity) == 0.0:
         return "1.00x (dense)"
-    kind = method if method in ("structured", "super_tickets") else "unstructured"
+    from srnet_core.stages import REGISTRY
+
+    structured = method in REGISTRY and REGISTRY[method].structured  # removes whole heads / sublayers
+    kind = method if structured else "unstructured"
     rows = [r for r in (speed or {}).get("rows", []) if r.get("kind") == kind
             and abs(float(r.get("sparsity", -1)) - float(sparsity)) < 1e-6]
     if rows:

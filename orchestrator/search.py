@@ -28,7 +28,7 @@ import pandas as pd
 from srnet_core.stages import STAGE_VERSION
 
 from . import results
-from .plan import Input, Node, _Builder
+from .plan import Input, Node, NodeFactory as _Builder
 from .search_spec import SearchSpec
 from .spec import SpecError, SweepSpec, load_spec
 

@@ -9,9 +9,14 @@ from dataclasses import fields as dataclass_fields
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, field_validator,
+                      model_validator)
 
 from srnet_core.masks import MaskConfig
+from srnet_core.pruning.common import OptionError
+from srnet_core.pruning.gradual import check_schedule
+from srnet_core.stages import REGISTRY, get_kind
+from srnet_core.stages.registry import load_plugins, method_names, option_kinds, stage_names, train_sections
 from srnet_core.tasks import TASKS
 from srnet_core.train import TrainConfig
 
@@ -67,16 +72,11 @@ def _check_train_config(cfg, where: str) -> None:
             raise FieldError(f"{where}.{name}", f"{check[1]}, not {value!r}")
 
 
-def _check_flag_number(value, where: str, minimum: float, strict: bool = False):
-    """A number (None allowed) that must be finite and >= (or >) ``minimum``."""
-    if value is not None and (not math.isfinite(value) or value < minimum or (strict and value == minimum)):
-        raise ValueError(f"{where} must be {'>' if strict else '>='} {minimum:g}, not {value!r}")
-    return value
 
 
 LossName = Literal["std", "poe", "reweight", "conf_reg", "kd"]  # kd: Sparse*BERT distillation
-Paradigm = Literal["a", "b", "c", "ood_upper_bound", "timing", "gradual", "transfer"]
-Method = Literal["mask_train", "imp", "gmp", "structured", "super_tickets"]
+_PARADIGMS = ("full", "a", "b", "c", "ood_upper_bound", "timing", "gradual", "transfer")  # full: dense fine-tunes
+Paradigm = Literal[_PARADIGMS[1:]]
 
 
 class Grid(_Strict):
@@ -98,7 +98,8 @@ class Grid(_Strict):
     # (Liang et al. 2021: heads and whole FFN sublayers of the std fine-tuned model by importance over the whole
     # training set, one shot, then re-fine-tuned from the pre-trained weights by a retrain node; its phase
     # transition is swept with low grid sparsities, e.g. sparsities: [0.1, 0.2, 0.3, 0.4, 0.5]).
-    methods: list[Method] = ["mask_train"]
+    # Any registered pruning method (srnet_core.stages.registry: StageKind(method=True)).
+    methods: list[str] = ["mask_train"]
 
     @field_validator("tasks")
     @classmethod
@@ -107,6 +108,15 @@ class Grid(_Strict):
             if t not in TASKS:
                 raise ValueError(f"unknown task '{t}'; known: {sorted(TASKS)}")
         return tasks
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods):
+        known = method_names()
+        for m in methods:
+            if m not in known:
+                raise ValueError(f"unknown method '{m}'; known: {known}")
+        return methods
 
     @field_validator("seeds")
     @classmethod
@@ -185,18 +195,8 @@ class Gradual(_Strict):
     def _increasing(self):
         if self.s_final <= self.s_initial:
             raise ValueError("s_final must be above s_initial")
-        _check_schedule(self)
+        check_schedule(self)
         return self
-
-
-def _check_schedule(options) -> None:
-    """start / end / frequency of a gradual schedule (Gradual, GMPOptions)."""
-    _check_flag_number(options.start, "start", 0)
-    end = options.end
-    if end is not None and end != "last_epoch" and (not math.isfinite(end) or end <= options.start):
-        raise ValueError(f"end must be above start ({options.start}), not {options.end!r}")
-    if options.frequency is not None and options.frequency < 1:
-        raise ValueError(f"frequency must be an integer >= 1 (steps between updates), not {options.frequency!r}")
 
 
 class Transfer(_Strict):
@@ -220,79 +220,6 @@ class ParadigmOptions(_Strict):
     timing: Timing | None = None
     gradual: Gradual = Gradual()
     transfer: Transfer | None = None
-
-
-class IMPOptions(_Strict):
-    """srnet_core.pruning.imp.ImpOptions: reference = each round prunes `rate` of the ORIGINAL weights up to
-    `final` (0.1 .. 0.9), geometric = `rate` of the remaining; `intervals` training intervals per run."""
-
-    schedule: Literal["reference", "geometric"] = "reference"
-    rate: float = Field(0.1, gt=0, lt=1)
-    final: float = Field(0.9, gt=0, lt=1)
-    intervals: int = Field(10, ge=1)
-    scope: Literal["local", "global"] = "local"
-    lr_horizon: Literal["run", "level"] = "run"
-
-
-class GMPOptions(_Strict):
-    """Gradual magnitude pruning 0 -> the grid sparsity on a cubic schedule (srnet_core.pruning.gradual)."""
-
-    initial: float = Field(0.0, ge=0, lt=1)
-    unit: Literal["epoch", "step"] = "epoch"
-    start: float = 0.0
-    # "last_epoch": s_f from the start of the last epoch (Sparse*BERT's recovery phase; the end of training
-    # when there is one epoch); None: the end of training
-    end: float | Literal["last_epoch"] | None = "last_epoch"
-    frequency: int | None = None  # steps between updates; None: every eval interval
-    # "final": only checkpoints at the final sparsity can be selected (a result at s is a model at s);
-    # "any": the best ID-dev eval at whatever sparsity the schedule had then.
-    select: Literal["final", "any"] = "final"
-
-    @model_validator(mode="after")
-    def _schedule(self):
-        _check_schedule(self)
-        return self
-
-
-class StructuredOptions(_Strict):
-    """srnet_core.pruning.structured.StructuredOptions; fractions default to the grid sparsity."""
-
-    head_sparsity: float | None = Field(None, ge=0, lt=1)
-    neuron_sparsity: float | None = Field(None, ge=0, lt=1)
-    rounds: int = Field(1, ge=1)
-    importance_batches: int = Field(16, ge=1)
-    ranking: Literal["global", "layer"] = "global"
-
-
-class SuperTicketsOptions(_Strict):
-    """srnet_core.pruning.super_tickets.SuperTicketOptions. Each grid sparsity s plans one super_tickets node
-    (from the std fine-tuned weights, std loss) and one retrain node (pre-trained weights, the ticket's masks
-    fixed, retrain section, selected on ID dev)."""
-
-    head_sparsity: float | None = Field(None, ge=0, lt=1)  # fraction of all heads removed; None: s
-    ffn_sparsity: float | None = Field(None, ge=0, lt=1)  # fraction of all FFN sublayers removed; None: s
-    min_heads_per_layer: int = Field(1, ge=1)  # global ranking never takes a layer below this
-    normalize: bool = True  # heads: L2 per layer (Michel et al.); FFN sublayers: L2 over layers (reference code)
-
-
-class LossOverrides(_Strict):
-    """Per stage kind, per loss: TrainConfig fields that differ for that loss (protocol 6: on MNLI PoE and
-    conf_reg fine-tuning run 5 epochs, std 3), e.g. {finetune: {poe: {epochs: 5}}}."""
-
-    finetune: dict[LossName, dict] = {}
-    mask_train: dict[LossName, dict] = {}
-    imp: dict[LossName, dict] = {}
-    gmp: dict[LossName, dict] = {}
-    retrain: dict[LossName, dict] = {}
-
-
-class StageOverrides(_Strict):
-    finetune: dict = {}
-    mask_train: dict = {}
-    imp: dict = {}
-    gmp: dict = {}
-    retrain: dict = {}
-    by_loss: LossOverrides = LossOverrides()  # this task's per-loss settings, on top of the above
 
 
 class StageResources(_Strict):
@@ -337,9 +264,8 @@ class Resources(_Strict):
     max_concurrent_trials: int | None = Field(None, ge=1)
     # Per stage kind, e.g. {bias_model: {gpus: 0}, mask_train: {gpus: 0.5}}: what differs from the above.
     # bias_model (scikit-learn) asks for no GPU unless given one here.
-    stages: dict[Literal["bias_model", "finetune", "teacher", "mask_train", "imp", "gmp", "structured",
-                         "super_tickets", "retrain", "evaluate"],
-                 StageResources] = {}
+    # Keys: the planned stage kinds (srnet_core.stages.registry).
+    stages: dict[str, StageResources] = {}
     # Times a node's trial is retried after its process dies or it raises (Tune FailureConfig.max_failures);
     # a retry resumes from the node's last checkpoint. 0: fail at once.
     max_retries: int = Field(1, ge=0, le=100)
@@ -354,8 +280,22 @@ class Resources(_Strict):
     def _divides_one(cls, value):
         return _check_gpu_fraction(value)
 
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, stages):
+        known = stage_names(planned=True)
+        for name in stages:
+            if name not in known:
+                raise ValueError(f"unknown stage kind '{name}'; known: {known}")
+        return stages
+
 
 class SweepSpec(_Strict):
+    """The static part of a spec. ``spec_model()`` adds what the stage registry declares: one training section
+    per ``train_section`` (finetune, mask_train, imp, gmp, retrain), one ``<kind>_options`` section per kind
+    with an options dataclass (imp, gmp, structured, super_tickets, ...), and the override tables keyed by
+    those sections."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     output_dir: str  # a directory (relative: to the working directory of `launch`) or a URI (s3://bucket/x)
     # Where stage artifacts live: a directory or a pyarrow URI (s3://, gs://, file:///nfs/...). Sweeps that
@@ -368,16 +308,9 @@ class SweepSpec(_Strict):
     grid: Grid
     task_options: dict[str, dict] = {}
     paradigm_options: ParadigmOptions = ParadigmOptions()
-    # Training settings per stage kind (every field of srnet_core.train.TrainConfig) ...
-    finetune: TrainConfig = TrainConfig()
-    mask_train: TrainConfig = TrainConfig()
-    imp: TrainConfig = TrainConfig()
-    gmp: TrainConfig = TrainConfig()
-    retrain: TrainConfig = TrainConfig()
-    # ... and per task on top of them (the protocol's lr/epochs/warmup differ per task).
-    task_overrides: dict[str, StageOverrides] = {}
-    # Per loss on top of the stage section, for every task (a task's by_loss comes after its stage overrides).
-    loss_overrides: LossOverrides = LossOverrides()
+    # Training settings per section (every field of srnet_core.train.TrainConfig; added by spec_model()), then
+    # per loss (loss_overrides), per task (task_overrides.<task>, its by_loss), per paradigm
+    # (paradigm_overrides.<paradigm>, then task_overrides.<task>.by_paradigm.<paradigm>): see train_config.
     # Mixed precision for every stage: "auto" (bf16 on a GPU that supports it, else fp32), "off" (fp32,
     # for replication runs), "bf16". None: each stage section's own `amp` (default auto).
     amp: Literal["auto", "off", "bf16"] | None = None
@@ -388,18 +321,17 @@ class SweepSpec(_Strict):
     bias_source: Literal["fit", "file"] = "fit"
     bias_files: dict[str, str] = {}
     mask: MaskConfig = MaskConfig()
-    imp_options: IMPOptions = IMPOptions()
-    gmp_options: GMPOptions = GMPOptions()
-    structured_options: StructuredOptions = StructuredOptions()
-    super_tickets_options: SuperTicketsOptions = SuperTicketsOptions()
     resources: Resources = Resources()
+    # Modules (importable names or .py files) that register stage kinds of one's own, e.g. a pruning method
+    # (srnet_core.stages.registry.register); imported on the driver and on every worker (docs/spec.md).
+    plugins: list[str] = []
     search: SearchSpec | None = None  # an Optuna study (python -m orchestrator.search; docs/search.md)
 
-    @field_validator("finetune", "mask_train", "imp", "gmp", "retrain")
-    @classmethod
-    def _train_ranges(cls, value, info):
-        _check_train_config(value, info.field_name)
-        return value
+    @model_validator(mode="after")
+    def _train_ranges(self):
+        for section in train_sections():
+            _check_train_config(self.section(section), section)
+        return self
 
     @field_validator("output_dir")
     @classmethod
@@ -441,27 +373,32 @@ class SweepSpec(_Strict):
                     raise ValueError(f"{section}.{task}: task '{task}' is not in the sweep's tasks")
         for task, options in self.task_options.items():
             check_task_options(task, options)
-        for task, overrides in self.task_overrides.items():
-            for stage in ("finetune", "mask_train", "imp", "gmp", "retrain"):
-                where = f"task_overrides.{task}.{stage}"
-                for key in getattr(overrides, stage):
-                    if key not in TrainConfig.__dataclass_fields__:
-                        raise FieldError(where, f"unknown key '{key}'; known: {sorted(TrainConfig.__dataclass_fields__)}")
-                merged = {**self.train_config(stage, task, 0), "seed": getattr(self, stage).seed}
-                try:
-                    checked = _TRAIN_ADAPTER.validate_python(merged)
-                except ValidationError as err:
-                    e = err.errors()[0]
-                    raise FieldError(f"{where}.{'.'.join(map(str, e['loc']))}",
-                                     f"{e['msg']} (got {_short(e.get('input'))})") from None
-                _check_train_config(checked, where)
-        for where, by_loss in [("loss_overrides", self.loss_overrides)] + [
-                (f"task_overrides.{t}.by_loss", o.by_loss) for t, o in self.task_overrides.items()]:
-            for stage in ("finetune", "mask_train", "imp", "gmp", "retrain"):
-                for loss, keys in getattr(by_loss, stage).items():
-                    for key in keys:
-                        if key not in TrainConfig.__dataclass_fields__:
-                            raise ValueError(f"{where}.{stage}.{loss}: unknown key '{key}'")
+        known = TrainConfig.__dataclass_fields__
+        for section in train_sections():
+            for where, overrides in self.override_sections(section):
+                for key in overrides:
+                    if key not in known:
+                        raise FieldError(where, f"unknown key '{key}'; known: {sorted(known)}")
+            paradigms = set(self.paradigm_overrides) | {p for o in self.task_overrides.values() for p in o.by_paradigm}
+            for task in self.grid.tasks:
+                for paradigm in [None, *sorted(paradigms)]:
+                    if paradigm is None and task not in self.task_overrides:
+                        continue
+                    where = f"task_overrides.{task}.{section}" if paradigm is None else \
+                        f"paradigm_overrides.{paradigm}.{section} (task {task})"
+                    merged = {**self.train_config(section, task, 0, paradigm=paradigm),
+                              "seed": self.section(section).seed}
+                    try:
+                        checked = _TRAIN_ADAPTER.validate_python(merged)
+                    except ValidationError as err:
+                        e = err.errors()[0]
+                        raise FieldError(f"{where}.{'.'.join(map(str, e['loc']))}",
+                                         f"{e['msg']} (got {_short(e.get('input'))})") from None
+                    _check_train_config(checked, where)
+        for paradigm in set(self.paradigm_overrides) | {p for o in self.task_overrides.values() for p in o.by_paradigm}:
+            if paradigm not in self.grid.paradigms and paradigm != "full":
+                raise ValueError(f"paradigm_overrides.{paradigm}: paradigm '{paradigm}' is not in grid.paradigms "
+                                 "(or 'full', the dense fine-tunes)")
         if self.bias_source == "file":
             for task in sorted(tasks):
                 path = self.bias_files.get(task)
@@ -493,23 +430,64 @@ class SweepSpec(_Strict):
                                for b in self.grid.backbones]
         return self
 
-    def train_config(self, stage: str, task: str, seed: int, loss: str | None = None) -> dict:
-        """The TrainConfig of a stage kind for a task and loss: the stage section, loss_overrides[stage][loss],
-        the task's overrides, the task's by_loss[stage][loss], then the sweep-level amp."""
+    def section(self, name: str) -> TrainConfig:
+        """A training section (``finetune``, ``mask_train``, ...: srnet_core.stages.registry.train_sections)."""
+        return getattr(self, name)
+
+    def override_sections(self, section: str) -> list[tuple[str, dict]]:
+        """(where, {field: value}) of every override table of a training section, in the order they apply."""
+        out = [(f"loss_overrides.{section}.{loss}", v) for loss, v in getattr(self.loss_overrides, section).items()]
+        for task, o in self.task_overrides.items():
+            out.append((f"task_overrides.{task}.{section}", getattr(o, section)))
+            out += [(f"task_overrides.{task}.by_loss.{section}.{loss}", v)
+                    for loss, v in getattr(o.by_loss, section).items()]
+            out += [(f"task_overrides.{task}.by_paradigm.{p}.{section}", getattr(v, section))
+                    for p, v in o.by_paradigm.items()]
+        out += [(f"paradigm_overrides.{p}.{section}", getattr(v, section)) for p, v in self.paradigm_overrides.items()]
+        return out
+
+    def train_config(self, section: str, task: str, seed: int, loss: str | None = None,
+                     paradigm: str | None = None) -> dict:
+        """The TrainConfig of a training section for a task, loss and paradigm: the section,
+        loss_overrides[section][loss], the task's overrides, the task's by_loss[section][loss],
+        paradigm_overrides[paradigm][section], the task's by_paradigm[paradigm][section], then the sweep-level
+        amp. An override touches only the nodes it applies to (their keys change, no other's)."""
         from dataclasses import asdict
 
-        cfg = asdict(getattr(self, stage))
+        cfg = asdict(self.section(section))
         if loss is not None:
-            cfg.update(getattr(self.loss_overrides, stage).get(loss, {}))
+            cfg.update(getattr(self.loss_overrides, section).get(loss, {}))
         overrides = self.task_overrides.get(task)
         if overrides is not None:
-            cfg.update(getattr(overrides, stage))
+            cfg.update(getattr(overrides, section))
             if loss is not None:
-                cfg.update(getattr(overrides.by_loss, stage).get(loss, {}))
+                cfg.update(getattr(overrides.by_loss, section).get(loss, {}))
+        if paradigm is not None:
+            if paradigm in self.paradigm_overrides:
+                cfg.update(getattr(self.paradigm_overrides[paradigm], section))
+            if overrides is not None and paradigm in overrides.by_paradigm:
+                cfg.update(getattr(overrides.by_paradigm[paradigm], section))
         if self.amp is not None:
             cfg["amp"] = self.amp
         cfg["seed"] = seed
         return cfg
+
+    def options_of(self, stage: str) -> dict:
+        """A stage kind's options section as a dict (``<kind>_options``; its dataclass's defaults if not given)."""
+        from dataclasses import asdict
+
+        return asdict(getattr(self, get_kind(stage).options_section))
+
+    def stage_request(self, stage: str) -> tuple[float | str, str, float | str, str]:
+        """(cpus, cpus field, gpus, gpus field) a trial of ``stage`` asks for: its ``resources.stages`` entry,
+        else the per-trial values (a CPU-only kind, the bias model, asks for no GPU unless given one)."""
+        o, r = self.resources.stages.get(stage), self.resources
+        cpus, cpus_field = ((o.cpus, f"resources.stages.{stage}.cpus") if o is not None and o.cpus is not None
+                            else (r.cpus_per_trial, "resources.cpus_per_trial"))
+        if o is not None and o.gpus is not None:
+            return cpus, cpus_field, o.gpus, f"resources.stages.{stage}.gpus"
+        gpus = 0.0 if get_kind(stage).memory == "cpu" else r.gpus_per_trial
+        return cpus, cpus_field, gpus, "resources.gpus_per_trial"
 
     def bias_file(self, task: str) -> str | None:
         """With bias_source 'file': the absolute path of the task's per-example bias file (goes straight
@@ -531,6 +509,39 @@ class SweepSpec(_Strict):
 
 
 _TRAIN_ADAPTER = TypeAdapter(TrainConfig)
+_MODELS: dict[tuple, type] = {}
+
+
+def spec_model() -> type[SweepSpec]:
+    """SweepSpec plus what the stage registry declares, built once per registry state (a kind registered later,
+    e.g. a user's pruning method, is in the next spec parsed):
+
+    - one TrainConfig section per training section (finetune, mask_train, imp, gmp, retrain);
+    - ``<kind>_options`` typed with the kind's options dataclass (its defaults are the only defaults);
+    - the override tables: ``loss_overrides.<section>.<loss>``, ``task_overrides.<task>.<section>`` (with
+      ``by_loss`` and ``by_paradigm``), ``paradigm_overrides.<paradigm>.<section>`` (e.g. the OOD upper bound's
+      epochs and learning rate differ from paradigm (a)'s: protocol 7)."""
+    state = tuple((k.name, id(k)) for k in REGISTRY.values())
+    model = _MODELS.get(state)
+    if model is not None:
+        return model
+    sections = train_sections()
+    for kind in option_kinds():  # unknown keys inside an options dataclass are errors too
+        kind.options.__pydantic_config__ = ConfigDict(extra="forbid")
+    loss_overrides = create_model("LossOverrides", __base__=_Strict,
+                                  **{s: (dict[LossName, dict], {}) for s in sections})
+    sections_model = create_model("SectionOverrides", __base__=_Strict, **{s: (dict, {}) for s in sections})
+    stage_overrides = create_model("StageOverrides", __base__=sections_model,
+                                   by_loss=(loss_overrides, loss_overrides()),
+                                   by_paradigm=(dict[Literal[_PARADIGMS], sections_model], {}))
+    fields = {s: (TrainConfig, TrainConfig()) for s in sections}
+    fields.update({k.options_section: (k.options, k.options()) for k in option_kinds()})
+    fields.update(task_overrides=(dict[str, stage_overrides], {}), loss_overrides=(loss_overrides, loss_overrides()),
+                  paradigm_overrides=(dict[Literal[_PARADIGMS], sections_model], {}))
+    model = create_model("SweepSpec", __base__=SweepSpec, **fields)
+    _MODELS.clear()
+    _MODELS[state] = model
+    return model
 
 
 def _task_options_class(task: str):
@@ -688,6 +699,8 @@ def _one_line(err: ValidationError, source: str) -> str:
     exc = (e.get("ctx") or {}).get("error")
     if isinstance(exc, FieldError):  # names the nested field itself
         return " ".join(f"{source}: field '{exc.field}': {exc.message}".split())
+    if isinstance(exc, OptionError):  # a field of an options dataclass (srnet_core.pruning)
+        return " ".join(f"{source}: field '{field}.{exc.field}': {exc.message}".split())
     if not e["loc"]:  # a whole-spec check: its message names the field
         return " ".join(f"{source}: {e['msg'].removeprefix('Value error, ')}".split())
     msg = e["msg"].removeprefix("Value error, ")
@@ -707,8 +720,16 @@ def _short(value, limit: int = 60) -> str:
 def parse_spec(data: dict, source: str = "spec") -> SweepSpec:
     if not isinstance(data, dict):
         raise SpecError(f"{source}: the top level must be a mapping of fields, not {type(data).__name__}")
+    plugins = data.get("plugins", [])
+    if not (isinstance(plugins, list) and all(isinstance(p, str) for p in plugins)):
+        raise SpecError(f"{source}: field 'plugins': a list of module names or .py files, not {_short(plugins)}")
+    try:  # before validation: a plugin's methods and option sections are part of the spec's schema
+        load_plugins(plugins)
+    except Exception as err:  # noqa: BLE001 - any error inside a user's module is reported in one line
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise SpecError(f"{source}: field 'plugins': cannot import: {type(err).__name__}: {first}") from None
     try:
-        return SweepSpec.model_validate(data)
+        return spec_model().model_validate(data)
     except ValidationError as err:
         raise SpecError(_one_line(err, source)) from None
 

@@ -176,7 +176,3 @@ def fixed_batches(n: int, batch_size: int) -> list[np.ndarray]:
     """File-order batches (the reference's evaluation: no sorting, every batch padded to max_length)."""
     return [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
-
-def model_inputs(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
-    keys = ("input_ids", "token_type_ids", "attention_mask")
-    return {k: batch[k].to(device, non_blocking=True) for k in keys}

@@ -17,17 +17,15 @@ The estimate is deliberately on the high side: it decides whether N trials may s
 refusal costs a config change while an out-of-memory error costs a sweep. bench/gpu_suite.py measures
 the real peaks next to it.
 
-Only torch is imported here: the GPU suite runs on machines without Ray or pydantic.
+A stage's memory class (weights, mask, importance, inference, cpu) is declared with the stage kind
+(srnet_core.stages.registry). Nothing here needs Ray or pydantic: the GPU suite runs on machines without them.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 CUDA_CONTEXT_BYTES = 600 * 2**20  # context + cuBLAS/cuDNN workspaces per process, measured ~0.5 GiB on H100/H200
 ALLOCATOR_SLACK = 0.10  # caching-allocator fragmentation
-WEIGHT_TRAINING_STAGES = ("finetune", "retrain", "imp", "gmp", "structured")
-MASK_STAGES = ("mask_train",)
-IMPORTANCE_STAGES = ("super_tickets",)  # backward to gates: training activations, no optimizer state
 
 
 @dataclass
@@ -95,26 +93,25 @@ class StageMemory:
     def total(self) -> int:
         return self.weights + self.training_state + self.activations + self.workspace + self.runtime
 
-    def as_dict(self) -> dict:
-        return {**asdict(self), "total": self.total}
-
 
 def estimate_stage_memory(stage: str, shape: ModelShape, batch: int, seq: int, amp: bool = True,
                           scope: str = "local", eval_batch: int = 256) -> StageMemory:
     """Peak GPU bytes of one run of ``stage`` (training step or evaluation, whichever is larger)."""
+    from .stages import get_kind
+
+    memory = get_kind(stage).memory
     weights = 4 * shape.params
     workspace = 0
-    if stage in MASK_STAGES:
+    if memory == "mask":
         m = shape.masked_params
         state = 4 * m + 4 * m + 4 * m + 8 * m + 6 * m
         workspace = projection_workspace_bytes(shape, scope)
-    elif stage in WEIGHT_TRAINING_STAGES:
+    elif memory == "weights":
         p = shape.params
         state = 4 * p + 8 * p + (2 * p if amp else 0)
-    else:  # super_tickets (gate gradients only), evaluate, bias_model: no optimizer state
+    else:  # importance (gate gradients only), inference, cpu: no optimizer state
         state = 2 * shape.params if amp else 0
-    backward = MASK_STAGES + WEIGHT_TRAINING_STAGES + IMPORTANCE_STAGES
-    train_acts = activation_bytes(shape, batch, seq, amp) if stage in backward else 0
+    train_acts = activation_bytes(shape, batch, seq, amp) if memory in ("mask", "weights", "importance") else 0
     # inference keeps one layer's activations at a time
     eval_acts = activation_bytes(shape, eval_batch, seq, amp) // max(1, shape.layers)
     activations = max(train_acts, eval_acts)
@@ -135,3 +132,25 @@ def eval_batch_rows(model, seq: int, device, fraction: float = 0.25, cap: int = 
     while rows * 2 <= cap and rows * 2 * per_row <= fraction * free:
         rows *= 2
     return rows
+
+
+def backbone_shape(backbone: str, num_labels: int = 3) -> ModelShape | None:
+    """The backbone's shape from its config alone (no weights are read); None when it cannot be found."""
+    from transformers import AutoConfig
+
+    from .models import TINY_BERT_CONFIG, resolve_backbone_path
+
+    if backbone == "tiny-bert":
+        c = TINY_BERT_CONFIG
+        return ModelShape.bert(c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"],
+                               c["intermediate_size"], positions=c["max_position_embeddings"], num_labels=num_labels)
+    try:
+        cfg = AutoConfig.from_pretrained(resolve_backbone_path(backbone))
+    except Exception:  # noqa: BLE001 - not reachable from here (hub name offline): no estimate, no refusal
+        return None
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "dim")
+    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layers")
+    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_heads")
+    inter = getattr(cfg, "intermediate_size", None) or getattr(cfg, "hidden_dim", 4 * hidden)
+    return ModelShape.bert(hidden, layers, heads, inter, vocab=cfg.vocab_size,
+                           positions=getattr(cfg, "max_position_embeddings", 512), num_labels=num_labels)

@@ -113,8 +113,11 @@ def _descendants(plan, roots: set[str]) -> set[str]:
 
 @pytest.mark.parametrize("stage", ["bias_model", "finetune", "teacher", "mask_train", "imp", "retrain"])
 def test_stage_version_rekeys_exactly_that_stage_and_descendants(base, monkeypatch, stage):
-    bumped = dict(plan_mod.STAGE_VERSION, **{stage: plan_mod.STAGE_VERSION[stage] + "-next"})
-    monkeypatch.setattr(plan_mod, "STAGE_VERSION", bumped)
+    import dataclasses
+
+    from srnet_core.stages import REGISTRY
+
+    monkeypatch.setitem(REGISTRY, stage, dataclasses.replace(REGISTRY[stage], version=REGISTRY[stage].version + "-next"))
     after = plan_of()
     roots = {k for k, n in base.nodes.items() if n.stage == stage}
     expected_changed = _descendants(base, roots)
@@ -124,7 +127,8 @@ def test_stage_version_rekeys_exactly_that_stage_and_descendants(base, monkeypat
 
 
 def test_teacher_stage_equals_in_training_teacher(tmp_path):
-    """The split-out teacher gives bit-identical probabilities to the fine-tune's own (save_teacher)."""
+    """The teacher node gives bit-identical probabilities to the fine-tuned model's own, computed here with the
+    fine-tune's evaluation settings; and the fraction grid's checkpoints land on the planned steps."""
     from srnet_core.stages import run_stage
 
     cfg = {"task": "synthetic", "task_options": {"n_train": 96, "n_dev": 32, "n_ood": 32}, "backbone": "tiny-bert",
@@ -132,7 +136,7 @@ def test_teacher_stage_equals_in_training_teacher(tmp_path):
            "train": {"lr": 1e-3, "epochs": 1, "batch_size": 16, "eval_every": 3}}
     ft = str(tmp_path / "ft")
     # 96 examples / 16 = 6 steps: 0.1 and 0.2 both fall on step 1, 0.5 on step 3
-    run_stage({**cfg, "stage": "finetune", "save_teacher": True, "save_fractions": [0.1, 0.2, 0.5]}, ft)
+    run_stage({**cfg, "stage": "finetune", "save_fractions": [0.1, 0.2, 0.5]}, ft)
     assert sorted(f for f in os.listdir(ft) if f.startswith("weights")) == [
         "weights.safetensors", "weights_f0.1.safetensors", "weights_f0.2.safetensors", "weights_f0.5.safetensors"]
     first, second = load_file(f"{ft}/weights_f0.1.safetensors"), load_file(f"{ft}/weights_f0.2.safetensors")
@@ -145,10 +149,17 @@ def test_teacher_stage_equals_in_training_teacher(tmp_path):
     rows = run_stage({k: v for k, v in cfg.items() if k not in ("seed", "train")} |
                      {"stage": "teacher", "init_weights": f"{ft}/weights.safetensors",
                       "train": {"eval_batch_size": 64, "amp": "auto"}}, out)
-    a = pq.read_table(f"{ft}/teacher.parquet").to_pandas()
+    import torch
+
+    from srnet_core.stages import StageConfig, prepare
+    from srnet_core.train import predict_logits
+
+    ctx = prepare(StageConfig.from_dict({**cfg, "stage": "finetune", "init_weights": f"{ft}/weights.safetensors"}))
+    logits = predict_logits(ctx.model, ctx.train_enc, 64, ctx.device, "auto")
+    a = {"id": list(ctx.train_enc.ids), "probs": list(torch.softmax(torch.from_numpy(logits), -1).numpy())}
     b = pq.read_table(f"{out}/teacher.parquet").to_pandas()
     assert list(a["id"]) == list(b["id"])
-    assert np.array_equal(np.stack(a["probs"].to_numpy()), np.stack(b["probs"].to_numpy()))
+    assert np.array_equal(np.stack(a["probs"]), np.stack(b["probs"].to_numpy()))
     assert len(rows) == 1 and rows[0]["eval_role"] == "train" and not rows[0]["selected"]
     probs = np.stack(b["probs"].to_numpy())
     assert 0.0 <= rows[0]["value"] <= 1.0 and probs.shape == (96, 2)
@@ -235,3 +246,24 @@ def test_kd_loss_gets_the_std_teacher():
     p = plan_of(lambda d: d["grid"]["losses"].append("kd"))
     kd = [n for n in p.nodes.values() if n.stage_config.get("loss") == "kd"]
     assert kd and all(n.inputs["teacher_file"].node.stage == "teacher" and "bias_file" not in n.inputs for n in kd)
+
+
+def test_paradigm_overrides_rekey_only_that_paradigms_nodes(base):
+    """paradigm_overrides.ood_upper_bound.mask_train (protocol 7: the OOD upper bound trains its masks with
+    other epochs and learning rate than paradigm (a)) re-keys exactly the upper bound's mask-training nodes and
+    what depends on them; by_paradigm under one task re-keys that task's only."""
+    def change(d):
+        d["paradigm_overrides"] = {"ood_upper_bound": {"mask_train": {"epochs": 3, "lr": 2e-5}}}
+    after = plan_of(change)
+    roots = {k for k, n in base.nodes.items() if n.stage == "mask_train" and n.columns["paradigm"] == "ood_upper_bound"}
+    assert roots and set(base.nodes) & set(after.nodes) == set(base.nodes) - _descendants(base, roots)
+    moved = [n for k, n in after.nodes.items() if k not in base.nodes and n.stage == "mask_train"]
+    assert len(moved) == len(roots) and all(n.stage_config["train"]["epochs"] == 3 and
+                                            n.stage_config["train"]["lr"] == 2e-5 for n in moved)
+
+    def per_task(d):
+        d.setdefault("task_overrides", {}).setdefault("qqp", {})["by_paradigm"] = {
+            "ood_upper_bound": {"mask_train": {"warmup_steps": 0}}}
+    qqp = plan_of(per_task)
+    changed = {k for k in base.nodes if k not in qqp.nodes}
+    assert changed == _descendants(base, {k for k in roots if base.nodes[k].columns["task"] == "qqp"})

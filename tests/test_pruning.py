@@ -453,7 +453,8 @@ def test_options_reject_bad_values():
 def test_explicit_zero_head_sparsity_is_honoured():
     from srnet_core.stages import StageConfig, structured_options
 
-    cfg = StageConfig(stage="structured", sparsity=0.5, structured={"head_sparsity": 0.0, "neuron_sparsity": None})
+    cfg = StageConfig.from_dict({"stage": "structured", "sparsity": 0.5,
+                                 "structured": {"head_sparsity": 0.0, "neuron_sparsity": None}})
     options = structured_options(cfg)
     assert options.head_sparsity == 0.0 and options.neuron_sparsity == 0.5
     assert structured_options(StageConfig(stage="structured", sparsity=0.3)).head_sparsity == 0.3

@@ -32,7 +32,7 @@ def test_per_loss_epochs_change_only_the_loss_and_task_they_name():
     assert spec.train_config("finetune", "synthetic", 0)["epochs"] == 3  # no loss: no per-loss override
     bad = copy.deepcopy(d)
     bad["loss_overrides"] = {"mask_train": {"reweight": {"epoch": 3}}}
-    with pytest.raises(SpecError, match=r"loss_overrides.mask_train.reweight: unknown key 'epoch'"):
+    with pytest.raises(SpecError, match=r"field 'loss_overrides.mask_train.reweight': unknown key 'epoch'"):
         parse_spec(bad)
 
 

@@ -21,17 +21,21 @@ BASE = {"task": "synthetic", "task_options": {"n_train": 128, "n_dev": 64, "n_oo
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ft"))
-    rows = run_stage({**BASE, "stage": "finetune", "save_steps": [3, 6], "save_teacher": True}, out)
+    rows = run_stage({**BASE, "stage": "finetune", "save_fractions": [0.4, 0.8]}, out)  # 8 steps: 3 and 6
     return out, rows
 
 
-def test_finetune_saves_step_checkpoints_and_teacher(finetuned):
+def test_finetune_saves_step_checkpoints_and_teacher(finetuned, tmp_path):
     out, rows = finetuned
     assert sorted(f for f in os.listdir(out) if f.startswith("weights")) == [
-        "weights.safetensors", "weights_step3.safetensors", "weights_step6.safetensors"]
-    step3, step6 = load_file(f"{out}/weights_step3.safetensors"), load_file(f"{out}/weights_step6.safetensors")
+        "weights.safetensors", "weights_f0.4.safetensors", "weights_f0.8.safetensors"]
+    step3, step6 = load_file(f"{out}/weights_f0.4.safetensors"), load_file(f"{out}/weights_f0.8.safetensors")
     assert any(not torch.equal(step3[k], step6[k]) for k in step3)  # really different moments of training
-    table = pq.read_table(f"{out}/teacher.parquet").to_pandas()
+    teacher = str(tmp_path / "teacher")
+    run_stage({k: v for k, v in BASE.items() if k not in ("seed", "train")} |
+              {"stage": "teacher", "init_weights": f"{out}/weights.safetensors",
+               "train": {"eval_batch_size": 64, "amp": "auto"}}, teacher)
+    table = pq.read_table(f"{teacher}/teacher.parquet").to_pandas()
     assert len(table) == 128 and table["id"].is_unique
     probs = np.stack(table["probs"].to_numpy())
     assert probs.shape == (128, 2) and np.allclose(probs.sum(1), 1.0, atol=1e-5)

@@ -23,6 +23,8 @@ import uuid
 
 from srnet_core.io import atomic_path, read_json, sha256_file, write_json
 
+from .uri import is_uri
+
 MARKER = "_COMPLETE.json"
 CHECKPOINT = "_checkpoint"
 LEASE = "_LEASE.json"
@@ -72,10 +74,6 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def is_uri(root: str) -> bool:
-    return "://" in root
-
-
 class ArtifactStore:
     def __init__(self, root: str, cache_dir: str | None = None):
         self.remote = is_uri(root)
@@ -101,9 +99,6 @@ class ArtifactStore:
         if self.remote:
             return os.path.join(self.cache, "nodes", stage, key)
         return os.path.join(self.root, stage, key)
-
-    def node_uri(self, stage: str, key: str) -> str:
-        return f"{self.root}/{stage}/{key}" if self.remote else self.node_dir(stage, key)
 
     # -- completion ---------------------------------------------------------------------------------------
     def _exists(self, *parts: str) -> bool:

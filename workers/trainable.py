@@ -56,6 +56,9 @@ def run_node(node: dict, report=None, owner: str | None = None) -> str:
     Idempotent once complete. ``report(record)`` sees every evaluation. The node's lease in the store makes
     a second driver wait for it (and skip it once complete) instead of running it again; ``owner`` names
     the holder (a retried trial of the same driver reuses its lease at once)."""
+    from srnet_core.stages.registry import load_plugins
+
+    load_plugins(node.get("plugins", []))  # the spec's plugins: their stage kinds
     check_versions(node)
     check_store(node)
     store = ArtifactStore(node["artifact_root"])

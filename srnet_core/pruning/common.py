@@ -13,6 +13,15 @@ from ..models import prunable_linear_names
 Report = Callable  # report(record, state_fn): called after every evaluation; state_fn() -> checkpoint dict
 
 
+class OptionError(ValueError):
+    """A bad value of one field of a pruning method's options dataclass; the spec names it as
+    ``<kind>_options.<field>``."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field} {message}")
+        self.field, self.message = field, message
+
+
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
     """Optimizer steps per epoch, as TrainLoop counts them."""
     return max(1, math.ceil(n_train / batch_size))

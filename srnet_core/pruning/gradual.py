@@ -7,6 +7,7 @@ was 70% sparse whatever the target; that bug is not copied.)
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
@@ -16,7 +17,7 @@ from torch import nn
 from ..data import Encoded
 from ..masks import MaskConfig, MaskSet, sparsity_of
 from ..train import EvalRecord, TrainConfig, TrainLoop
-from .common import (Report, copy_into, encoder_names, mask_snapshot, masks_from_snapshot,
+from .common import (OptionError, Report, copy_into, encoder_names, mask_snapshot, masks_from_snapshot,
                      only_when, steps_per_epoch, trainable_params, weights_from_snapshot)
 from .schedules import CubicSparsitySchedule
 
@@ -50,6 +51,43 @@ class GradualOptions:
     def __post_init__(self):
         if self.select not in ("any", "final"):
             raise ValueError(f"gradual select must be 'any' or 'final', got {self.select!r}")
+
+
+@dataclass
+class GMPOptions:
+    """The spec's ``gmp_options``: gradual magnitude pruning 0 -> the grid sparsity on a cubic schedule (the
+    stage builds a GradualOptions from it, the node's sparsity and the mask section). The one place its
+    defaults live.
+
+    initial: s_i. unit: ``epoch`` or ``step``. start: t0, in ``unit``. end: t_f in ``unit``; ``"last_epoch"``
+    = s_f from the start of the last epoch (Sparse*BERT's recovery phase; the end of training when there is
+    one epoch); None = the end of training. frequency: steps between updates; None = every eval interval.
+    select: ``final`` = only checkpoints at the final sparsity can be selected (a result at s is a model at
+    s); ``any`` = the best ID-dev eval at whatever sparsity the schedule had then.
+    """
+
+    initial: float = 0.0
+    unit: Literal["epoch", "step"] = "epoch"
+    start: float = 0.0
+    end: float | Literal["last_epoch"] | None = "last_epoch"
+    frequency: int | None = None
+    select: Literal["final", "any"] = "final"
+
+    def __post_init__(self):
+        if not (isinstance(self.initial, (int, float)) and 0.0 <= self.initial < 1.0):
+            raise OptionError("initial", f"must be in [0, 1), not {self.initial!r}")
+        check_schedule(self)
+
+
+def check_schedule(options) -> None:
+    """start / end / frequency of a gradual schedule (GMPOptions, the gradual paradigm's options)."""
+    if not (isinstance(options.start, (int, float)) and math.isfinite(options.start) and options.start >= 0):
+        raise OptionError("start", f"must be >= 0, not {options.start!r}")
+    end = options.end
+    if end is not None and end != "last_epoch" and (not math.isfinite(end) or end <= options.start):
+        raise OptionError("end", f"must be above start ({options.start}), not {options.end!r}")
+    if options.frequency is not None and options.frequency < 1:
+        raise OptionError("frequency", f"must be an integer >= 1 (steps between updates), not {options.frequency!r}")
 
 
 @dataclass

@@ -18,7 +18,7 @@ from ..data import Encoded
 from ..masks import MaskConfig, MaskSet, pack_masks, sparsity_of, unpack_masks
 from ..models import get_layout
 from ..train import EvalRecord, TrainConfig, TrainLoop, lr_factor
-from .common import Report, clone_tensors, copy_into, encoder_names, trainable_params
+from .common import OptionError, Report, clone_tensors, copy_into, encoder_names, trainable_params
 
 
 @dataclass
@@ -53,19 +53,23 @@ class ImpOptions:
 
     def __post_init__(self):
         if self.schedule not in ("reference", "geometric"):
-            raise ValueError(f"imp schedule must be 'reference' or 'geometric', got {self.schedule!r}")
+            raise OptionError("schedule", f"must be 'reference' or 'geometric', got {self.schedule!r}")
         if not 0.0 < self.rate < 1.0:
-            raise ValueError(f"imp rate must be in (0, 1), got {self.rate}")
+            raise OptionError("rate", f"must be in (0, 1), got {self.rate}")
         if not 0.0 < self.final < 1.0:
-            raise ValueError(f"imp final sparsity must be in (0, 1), got {self.final}")
+            raise OptionError("final", f"(the last sparsity) must be in (0, 1), got {self.final}")
+        if self.rewind == "none":  # the planner's spelling of "no rewinding"
+            self.rewind = None
         if self.rewind == "pretrained":  # the same thing when IMP starts from the pre-trained model
             self.rewind = "start"
+        if not (isinstance(self.intervals, int) and self.intervals >= 1):
+            raise OptionError("intervals", f"must be an integer >= 1, got {self.intervals!r}")
         if self.rewind is not None and self.rewind != "start" and not (
                 isinstance(self.rewind, int) and not isinstance(self.rewind, bool) and self.rewind >= 0):
-            raise ValueError(f"imp rewind must be None, 'start' (alias 'pretrained') or a step k >= 0, "
+            raise OptionError("rewind", f"must be None, 'start' (alias 'pretrained') or a step k >= 0, "
                              f"got {self.rewind!r}")
         if self.lr_horizon not in ("run", "level"):
-            raise ValueError(f"imp lr_horizon must be 'run' or 'level', got {self.lr_horizon!r}")
+            raise OptionError("lr_horizon", f"must be 'run' or 'level', got {self.lr_horizon!r}")
 
 
 def imp_levels(options: ImpOptions) -> list[float]:

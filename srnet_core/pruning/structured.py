@@ -31,7 +31,7 @@ from ..data import Encoded, epoch_order
 from ..masks import MaskConfig, MaskSet, pack_masks, prune_count, sparsity_of, unpack_masks
 from ..models import EncoderLayer, encoder_layers
 from ..train import EvalRecord, TrainConfig, TrainLoop, autocast_context, forward_logits
-from .common import Report, encoder_names, trainable_params
+from .common import OptionError, Report, encoder_names, trainable_params
 
 
 @dataclass
@@ -49,9 +49,9 @@ class StructuredOptions:
         cannot be built as a smaller model).
     """
 
-    head_sparsity: float = 0.5
-    neuron_sparsity: float = 0.5
-    rounds: int = 5
+    head_sparsity: float | None = None
+    neuron_sparsity: float | None = None
+    rounds: int = 1
     round_steps: int | None = None
     importance_batches: int = 16
     normalize: bool = True
@@ -61,12 +61,24 @@ class StructuredOptions:
 
     def __post_init__(self):
         for name in ("head_sparsity", "neuron_sparsity"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"structured {name} must be in [0, 1), got {getattr(self, name)}")
-        if self.rounds < 1:
-            raise ValueError(f"structured rounds must be >= 1, got {self.rounds}")
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise OptionError(name, f"must be in [0, 1), got {value}")
+        for name in ("rounds", "importance_batches", "min_heads_per_layer", "min_neurons_per_layer"):
+            if getattr(self, name) < 1:
+                raise OptionError(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.round_steps is not None and self.round_steps < 0:
+            raise OptionError("round_steps", f"must be >= 0 or None, got {self.round_steps}")
         if self.ranking not in ("global", "layer"):
-            raise ValueError(f"structured ranking must be 'global' or 'layer', got {self.ranking!r}")
+            raise OptionError("ranking", f"must be 'global' or 'layer', got {self.ranking!r}")
+
+    def resolved(self, sparsity: float) -> "StructuredOptions":
+        """The options with the fractions left None set to the grid sparsity (an explicit 0.0 means "prune
+        none of them", not "use the grid sparsity")."""
+        from dataclasses import replace
+
+        return replace(self, head_sparsity=sparsity if self.head_sparsity is None else self.head_sparsity,
+                       neuron_sparsity=sparsity if self.neuron_sparsity is None else self.neuron_sparsity)
 
 
 # -- importance ---------------------------------------------------------------------------------------------
@@ -315,6 +327,8 @@ def structured_prune(model: nn.Module, names: list[str], train_data: Encoded, lo
     requires grad is trained between prunes. The model is left after the last round, masks attached.
     """
     options = options or StructuredOptions()
+    if options.head_sparsity is None or options.neuron_sparsity is None:
+        raise ValueError("structured_prune needs the head and neuron fractions: use options.resolved(sparsity)")
     layers = encoder_layers(model)
     role_names = {n for layer in layers for n in layer.names.values()}
     wanted = set(names) | role_names

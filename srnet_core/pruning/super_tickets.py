@@ -30,6 +30,7 @@ from ..data import Encoded
 from ..masks import prune_count
 from ..models import EncoderLayer, _base_weight, encoder_layers
 from ..train import autocast_context, forward_logits
+from .common import OptionError
 from .structured import frozen_eval, head_gate_hook, normalize_per_layer, select_alive, structured_weight_masks
 
 
@@ -39,19 +40,25 @@ class SuperTicketOptions:
     docs/spec.md). head_sparsity / ffn_sparsity: fractions of all heads / FFN sublayers removed.
     min_heads_per_layer: never prune a layer below this many heads. normalize: see the module docstring."""
 
-    head_sparsity: float = 0.5
-    ffn_sparsity: float = 0.5
+    head_sparsity: float | None = None  # None: the grid sparsity (``resolved``)
+    ffn_sparsity: float | None = None
     min_heads_per_layer: int = 1
     normalize: bool = True
+
+    def resolved(self, sparsity: float) -> "SuperTicketOptions":
+        """The fractions left None set to the grid sparsity (an explicit 0.0 means "prune none of them")."""
+        from dataclasses import replace
+
+        return replace(self, head_sparsity=sparsity if self.head_sparsity is None else self.head_sparsity,
+                       ffn_sparsity=sparsity if self.ffn_sparsity is None else self.ffn_sparsity)
 
     def __post_init__(self):
         for name in ("head_sparsity", "ffn_sparsity"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
-                raise ValueError(f"super_tickets_options.{name} must be in [0, 1), got {value!r}")
+            if value is not None and not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+                raise OptionError(name, f"must be in [0, 1), got {value!r}")
         if not (isinstance(self.min_heads_per_layer, int) and self.min_heads_per_layer >= 1):
-            raise ValueError(f"super_tickets_options.min_heads_per_layer must be an integer >= 1, got "
-                             f"{self.min_heads_per_layer!r}")
+            raise OptionError("min_heads_per_layer", f"must be an integer >= 1, got {self.min_heads_per_layer!r}")
 
 
 def check_head_budget(layers: int, heads: int, head_sparsity: float, min_heads_per_layer: int = 1,
@@ -184,6 +191,8 @@ def super_ticket(model: nn.Module, train_data: Encoded, loss_fn, *, batch_size: 
                  options: SuperTicketOptions | None = None) -> SuperTicket:
     """Importance over the whole training set, then the one-shot prune; the model is left unchanged."""
     options = options or SuperTicketOptions()
+    if options.head_sparsity is None or options.ffn_sparsity is None:
+        raise ValueError("super_ticket needs the head and FFN fractions: use options.resolved(sparsity)")
     layers = encoder_layers(model)
     importance = gate_importance(model, train_data, loss_fn, batch_size=batch_size, device=device, amp=amp,
                                  layers=layers)
