@@ -13,27 +13,28 @@ TRAIN_SIZES = {"mnli": 392_702, "qqp": 363_846, "fever": 242_911}
 EVAL_SIZES = {"mnli": 9_815 + 9_832 + 30_000, "qqp": 40_430 + 677 + 8_000, "fever": 19_998 + 717 + 712}
 
 
-def train_size(task: str, options: dict) -> int:
+def _size_hint(task: str, which: str, options: dict) -> int | None:
+    """The task's own count (a generated task knows its sizes; None: not known without reading data)."""
     from srnet_core.tasks import TASKS
 
     hint = getattr(TASKS.get(task), "size_hint", None)
-    if hint is not None:
-        size = hint("train", **options)
-        if size:
-            return int(size)
+    size = hint(which, **options) if hint is not None else None
+    return int(size) if size else None
+
+
+def train_size(task: str, options: dict) -> int:
+    size = _size_hint(task, "train", options)
+    if size is not None:
+        return size
     size = options.get("train_size", 8_000) if options.get("train_source") == "dev_matched" else \
         TRAIN_SIZES.get(task, 100_000)
     return min(size, options.get("max_train_rows") or size)
 
 
 def eval_size(task: str, options: dict) -> int:
-    from srnet_core.tasks import TASKS
-
-    hint = getattr(TASKS.get(task), "size_hint", None)
-    if hint is not None:
-        size = hint("eval", **options)
-        if size:
-            return int(size)
+    size = _size_hint(task, "eval", options)
+    if size is not None:
+        return size
     size = EVAL_SIZES.get(task, 20_000)
     cap = options.get("max_eval_rows")
     return min(size, 3 * cap) if cap else size  # a task has about three eval sets
