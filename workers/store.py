@@ -74,6 +74,10 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+class MissingOutputError(RuntimeError):
+    """A node finished without writing a file its stage kind declares; it is not marked complete."""
+
+
 class ArtifactStore:
     def __init__(self, root: str, cache_dir: str | None = None):
         self.remote = is_uri(root)
@@ -190,9 +194,14 @@ class ArtifactStore:
                 out += [json.loads(line) for line in f if line.strip()]
         return sorted(out, key=lambda e: e["time"])
 
-    def mark_complete(self, stage: str, key: str, info: dict) -> None:
-        """Record the node's files (and upload them, for a URI store), then write the marker last."""
+    def mark_complete(self, stage: str, key: str, info: dict, required=()) -> None:
+        """Record the node's files (and upload them, for a URI store), then write the marker last. A node that
+        lacks one of the ``required`` files (its kind's declared outputs) is refused: nothing is committed."""
         local = self.node_dir(stage, key)
+        missing = [name for name in required if not os.path.isfile(os.path.join(local, name))]
+        if missing:
+            raise MissingOutputError(f"node {stage}/{key} lacks its declared output(s) {', '.join(missing)}; "
+                                     "not committed (the node re-runs)")
         files = {}
         for name in sorted(os.listdir(local)):
             path = os.path.join(local, name)

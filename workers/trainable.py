@@ -102,8 +102,11 @@ def _run_node(node: dict, report, store: ArtifactStore, owner: str) -> None:
     with atomic_path(os.path.join(out_dir, "rows.parquet")) as tmp:
         frame.to_parquet(tmp, index=False)
     shutil.rmtree(os.path.dirname(state_path), ignore_errors=True)  # outputs are saved; the state is not needed
+    from srnet_core.stages import get_kind
+
     store.mark_complete(stage, key, {"node": node, "wall_seconds": ended - started, **provenance(),
-                                     "checkpoint_seconds": writer.summary()})
+                                     "checkpoint_seconds": writer.summary()},
+                        required=get_kind(stage).declared_outputs(node["stage_config"]) + ["rows.parquet"])
     store.log_event("completed", stage, key, owner=owner)
 
 

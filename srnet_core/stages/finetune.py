@@ -76,6 +76,11 @@ def _write_timing(ctx: Context, out_dir: str, files: dict[int, str], total: int)
     write_json(os.path.join(out_dir, "timing.json"), {"total_steps": total, **early_bird_report(checkpoints)})
 
 
+def _grid_outputs(config: dict) -> list[str]:
+    fractions = config.get("save_fractions") or []
+    return [checkpoint_file(f) for f in fractions] + (["timing.json"] if fractions else [])
+
+
 register(StageKind(
     "finetune", finetune, fields=("seed", "loss", "train", "save_fractions"), train_section="finetune",
-    outputs=("weights.safetensors", "weights_f*.safetensors", "timing.json", "summary.json"), memory="weights"))
+    outputs=("weights.safetensors", "summary.json"), more_outputs=_grid_outputs, memory="weights"))

@@ -44,8 +44,14 @@ def imp_stage(ctx: Context, out_dir: str, report: Report | None, resume_state: d
     return rows
 
 
+def _level_outputs(config: dict) -> list[str]:
+    from ..pruning.imp import imp_levels
+
+    return [level_file(s) for s in imp_levels(get_kind("imp").make_options(config.get("imp")))]
+
+
 # IMP runs its own levels: the planner gives one node per (cell, loss) and sets `rewind` per paradigm.
 register(StageKind(
     "imp", imp_stage, fields=("seed", "loss", "train"), train_section="imp", options=ImpOptions,
-    planner_options=("rewind",), outputs=("masks_s*.safetensors", "summary.json"), memory="weights",
+    planner_options=("rewind",), outputs=("summary.json",), more_outputs=_level_outputs, memory="weights",
     method=True, per_sparsity=False))

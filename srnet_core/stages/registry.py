@@ -35,7 +35,9 @@ class StageKind:
     options: its options dataclass; the spec section ``<name>_options`` is typed with it, and its defaults are
         the only defaults. ``options_field``: the config field that carries them (default: the kind's name).
     planner_options: option fields the planner sets per node (a spec that gives them is refused).
-    outputs: the files a completed node has (``*`` patterns allowed); summary.json is always one of them.
+    outputs: the files every completed node of the kind has; ``more_outputs(config) -> [names]``: those that
+        depend on its config (a fine-tune's checkpoint grid, IMP's levels). The worker refuses to commit a node
+        that lacks one (``declared_outputs``), naming it.
     memory: GPU memory class for srnet_core.memory: weights (trains the weights: grads + AdamW), mask (mask
         scores), importance (a backward pass, no optimizer state), inference, cpu (no GPU at all).
     publishes: its rows go to the sweep's results (False: an internal node, e.g. the conf_reg teacher).
@@ -57,6 +59,7 @@ class StageKind:
     options_field: str | None = None
     planner_options: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
+    more_outputs: Callable[[dict], list[str]] | None = None
     memory: str = "weights"
     publishes: bool = True
     needs_model: bool = True
@@ -93,6 +96,10 @@ class StageKind:
         if self.loss_inputs and "loss" in out:
             out += BIAS_FILE_FIELDS
         return out
+
+    def declared_outputs(self, config: dict) -> list[str]:
+        """Every file a completed node with this config must have."""
+        return list(self.outputs) + (list(self.more_outputs(config)) if self.more_outputs else [])
 
     def default_options(self) -> dict:
         """The options dataclass's defaults as a dict (what the spec section dumps to when not given)."""
