@@ -1,8 +1,14 @@
 """Test set-up: offline, Ray state in a temp dir, and small shared fixtures."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 
 import pytest
 
@@ -61,3 +67,50 @@ def data_dir():
     if not path or not os.path.isdir(path):
         pytest.skip("real data not found: set SRNET_DATA_DIR (../shared/data beside the checkout)")
     return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """Stop a process started in its own session, and everything it started."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def s3_server(tmp_path):
+    """moto's standalone S3 server on 127.0.0.1; endpoint and dummy credentials as environment variables,
+    which pyarrow's S3 filesystem reads (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)."""
+    pytest.importorskip("moto.server", reason="moto[server] is in the dev extra")
+    import pyarrow.fs as pafs
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto server did not start")
+                time.sleep(0.2)
+        env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+        pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1", scheme="http",
+                          endpoint_override=f"127.0.0.1:{port}", allow_bucket_creation=True).create_dir("sweeps")
+        yield env
+    finally:
+        _stop(proc)

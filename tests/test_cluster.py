@@ -346,35 +346,6 @@ def test_non_shared_store_and_driver_only_paths_fail_at_launch(tmp_path):
     assert [p.name for p in shared_store.iterdir()] == ["_store.json"]
 
 
-@pytest.fixture
-def s3_server(tmp_path):
-    """moto's standalone S3 server on 127.0.0.1; endpoint and dummy credentials as environment variables,
-    which pyarrow's S3 filesystem reads (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)."""
-    pytest.importorskip("moto.server", reason="moto[server] is in the dev extra")
-    import pyarrow.fs as pafs
-
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto server did not start")
-                time.sleep(0.2)
-        env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-        pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1", scheme="http",
-                          endpoint_override=f"127.0.0.1:{port}", allow_bucket_creation=True).create_dir("sweeps")
-        yield env
-    finally:
-        _kill(proc, grace=5)
-
-
 def _s3_files(prefix: str) -> dict[str, float]:
     import pyarrow.fs as pafs
 

@@ -74,6 +74,15 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def _is_output_name(name: str) -> bool:
+    """Outputs, not bookkeeping: no marker, checkpoint folder, lease, invalidated marker or partial file."""
+    return not (name in (MARKER, CHECKPOINT) or name.startswith((LEASE, "_INVALID.", ".")) or name.endswith(".partial"))
+
+
+def _output_names(local: str) -> list[str]:
+    return sorted(n for n in os.listdir(local) if _is_output_name(n) and os.path.isfile(os.path.join(local, n)))
+
+
 class MissingOutputError(RuntimeError):
     """A node finished without writing a file its stage kind declares; it is not marked complete."""
 
@@ -85,6 +94,7 @@ class ArtifactStore:
             import pyarrow.fs as pafs
 
             self.fs, self.base = pafs.FileSystem.from_uri(root)
+            self._pushed: dict[str, tuple[int, int]] = {}  # local path -> (bytes, mtime) the store has
             self.root = root.rstrip("/")
             self.cache = os.path.abspath(cache_dir or os.path.join(
                 os.environ.get("SRNET_CACHE", os.path.join(tempfile.gettempdir(), "srnet-cache")),
@@ -202,23 +212,58 @@ class ArtifactStore:
         if missing:
             raise MissingOutputError(f"node {stage}/{key} lacks its declared output(s) {', '.join(missing)}; "
                                      "not committed (the node re-runs)")
-        files = {}
-        for name in sorted(os.listdir(local)):
-            path = os.path.join(local, name)
-            if (name in (MARKER, CHECKPOINT) or name.startswith((LEASE, "_INVALID.")) or name.endswith(".partial")
-                    or not os.path.isfile(path)):  # bookkeeping, not outputs
-                continue
-            files[name] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
+        files = {name: {"bytes": os.path.getsize(os.path.join(local, name)), "sha256": _sha256(os.path.join(local, name))}
+                 for name in _output_names(local)}
         marker = {"files": files, **info}
         if not self.remote:
             write_json(os.path.join(local, MARKER), marker)
             return
-        self.fs.create_dir(self._remote_path(stage, key), recursive=True)
-        for name in files:
-            self._upload(os.path.join(local, name), self._remote_path(stage, key, name))
+        self.push_outputs(stage, key)  # what push_outputs already sent, unchanged since, is not sent again
         with self.fs.open_output_stream(self._remote_path(stage, key, MARKER)) as f:
             f.write(json.dumps(marker, indent=1, sort_keys=True, default=str).encode())
         self.delete_checkpoint(stage, key)
+
+    def push_outputs(self, stage: str, key: str) -> list[str]:
+        """URI store: upload the node's output files written (or changed) since the last push to their final
+        place, so a node resumed on another machine finds them (its local scratch is this machine's). Before
+        the marker they count for nothing: the marker, written last, is the commit. Returns the names sent."""
+        if not self.remote:
+            return []
+        local, sent = self.node_dir(stage, key), []
+        for name in _output_names(local):
+            path = os.path.join(local, name)
+            stat = os.stat(path)
+            if self._pushed.get(path) != (stat.st_size, stat.st_mtime_ns):
+                if not sent:
+                    self.fs.create_dir(self._remote_path(stage, key), recursive=True)
+                self._upload(path, self._remote_path(stage, key, name))
+                self._pushed[path] = (stat.st_size, stat.st_mtime_ns)
+                sent.append(name)
+        return sent
+
+    def pull_outputs(self, stage: str, key: str) -> list[str]:
+        """URI store, on resume: download the output files an earlier attempt pushed (possibly from another
+        machine) that this machine's scratch lacks (one listing). Returns the names pulled."""
+        if not self.remote:
+            return []
+        import pyarrow.fs as pafs
+
+        local, pulled = self.node_dir(stage, key), []
+        infos = self.fs.get_file_info(pafs.FileSelector(self._remote_path(stage, key), allow_not_found=True))
+        for info in infos:
+            name = info.base_name
+            if info.type != pafs.FileType.File or not _is_output_name(name):
+                continue
+            path = os.path.join(local, name)
+            if not os.path.exists(path):
+                os.makedirs(local, exist_ok=True)
+                with atomic_path(path) as tmp:
+                    pafs.copy_files(info.path, tmp, source_filesystem=self.fs)
+                stat = os.stat(path)
+                self._pushed[path] = (stat.st_size, stat.st_mtime_ns)  # the store has exactly this file
+                pulled.append(name)
+        return pulled
+
 
     # -- files --------------------------------------------------------------------------------------------
     def _upload(self, local: str, remote: str) -> None:

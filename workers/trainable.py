@@ -78,9 +78,16 @@ def _run_node(node: dict, report, store: ArtifactStore, owner: str) -> None:
     state_path = store.checkpoint_path(stage, key, STATE_FILE)
     resume_from = store.pull_checkpoint(stage, key, STATE_FILE)
     resume_state = load_checkpoint(resume_from) if resume_from else None
+    if resume_state is not None:  # outputs written before the checkpoint, maybe on another machine's scratch
+        store.pull_outputs(stage, key)
+
+    def upload() -> None:  # outputs first: a pushed state never refers to a file the store lacks
+        store.push_outputs(stage, key)
+        store.push_checkpoint(stage, key, STATE_FILE)
+
     # Written and uploaded off the training thread, only the latest kept; atomic: a kill mid-write leaves the
     # previous checkpoint. Training waits only for the snapshot to host memory.
-    writer = AsyncCheckpointWriter(state_path, upload=lambda: store.push_checkpoint(stage, key, STATE_FILE))
+    writer = AsyncCheckpointWriter(state_path, upload=upload)
     store.log_event("run", stage, key, owner=owner, resumed_from=_step_of(resume_state))
 
     def on_eval(record: EvalRecord, state_fn) -> None:
