@@ -80,7 +80,12 @@ _B_POE = {"grid.paradigms": ["a", "b"], "paradigm_options.b": {"mask_sources": [
 
 
 def knobs(bias_a: str, bias_b: str) -> dict:
-    """field -> Knob, with (stage, field) -> Knob where a stage reads the field from elsewhere."""
+    """field -> Knob, with (stage, field) -> Knob where a stage reads the field from elsewhere.
+
+    Most knobs leave the stage's inputs alone, so only the field itself can re-key the node. Three cannot:
+    teacher.train and super_tickets.train are the std fine-tune's own settings (changing them re-keys that
+    input too), and retrain's losses (std/poe) differ in the bias input; those checks only show that the spec
+    change reaches the key, and the column checks below are what catch those fields going missing."""
     bias = Knob("bias_files.synthetic", bias_a, bias_b, setup={"bias_source": "file"}, coupled=("bias_file",),
                 select=_non_std)
     return {
