@@ -95,8 +95,10 @@ def s3_server(tmp_path):
     import pyarrow.fs as pafs
 
     port = _free_port()
+    recording = str(tmp_path / "moto_recording.jsonl")  # every request, once a test starts the recorder
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "MOTO_RECORDER_FILEPATH": recording})
     try:
         deadline = time.time() + 60
         while True:
@@ -111,6 +113,6 @@ def s3_server(tmp_path):
                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
         pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1", scheme="http",
                           endpoint_override=f"127.0.0.1:{port}", allow_bucket_creation=True).create_dir("sweeps")
-        yield env
+        yield {**env, "MOTO_RECORDER_FILEPATH": recording}
     finally:
         _stop(proc)

@@ -83,6 +83,9 @@ def _output_names(local: str) -> list[str]:
     return sorted(n for n in os.listdir(local) if _is_output_name(n) and os.path.isfile(os.path.join(local, n)))
 
 
+UPLOAD_CHUNK = 8 * 2**20  # bytes read per write into an upload stream (pyarrow sends parts of its own size)
+
+
 class MissingOutputError(RuntimeError):
     """A node finished without writing a file its stage kind declares; it is not marked complete."""
 
@@ -267,11 +270,19 @@ class ArtifactStore:
 
     # -- files --------------------------------------------------------------------------------------------
     def _upload(self, local: str, remote: str) -> None:
+        """One file to the store, never half-visible and never copied server-side: on an object store (S3,
+        GCS) the object appears only when its (multipart) upload completes, so it is written in place (a
+        temp key + move would be a CopyObject, which S3 refuses above 5 GiB: a BERT-large IMP state); on a
+        filesystem a temp file is renamed over the target."""
         import pyarrow.fs as pafs
 
-        tmp = remote + ".tmp-upload"  # object stores have no rename guarantees, but the marker comes last
-        pafs.copy_files(local, tmp, destination_filesystem=self.fs)
-        self.fs.move(tmp, remote)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            tmp = remote + ".tmp-upload"
+            pafs.copy_files(local, tmp, destination_filesystem=self.fs)
+            self.fs.move(tmp, remote)
+            return
+        with open(local, "rb") as src, self.fs.open_output_stream(remote) as dst:
+            shutil.copyfileobj(src, dst, UPLOAD_CHUNK)
 
     def fetch_verified(self, stage: str, key: str, filename: str) -> str:
         """A local path of a COMPLETE node's file whose sha256 matches the marker (hashed once per process per
