@@ -1,4 +1,4 @@
-"""Optuna searches (orchestrator/search.py): OOD-dev roles, the timing predictor, tiny studies on the synthetic
+"""Optuna searches (orchestrator/search/): OOD-dev roles, the timing predictor, tiny studies on the synthetic
 task with tiny-bert (in-process runner; the Ray adapter and the kill -9 resume are marked slow)."""
 from __future__ import annotations
 
