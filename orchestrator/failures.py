@@ -83,3 +83,11 @@ def failure_table(plan: Plan, errors: dict[str, str]) -> Table:
                       "" if sparsity is None else f"{sparsity:g}", str(cols.get("seed", "")), status,
                       reason.removeprefix("skipped: "))
     return table
+
+
+def print_failures(console, plan: Plan, errors: dict[str, str]) -> None:
+    """The failure table, then each root failure's full reason, unwrapped (the table folds it)."""
+    console.print(failure_table(plan, errors))
+    for key, message in errors.items():
+        if not message.startswith("skipped"):
+            console.print(f"[red]failed node {key}:[/] {message}", highlight=False, soft_wrap=True)
