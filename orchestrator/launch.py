@@ -2,8 +2,9 @@
 
 spec -> plan (stage DAG, content keys) -> skip complete nodes -> ONE Ray Tune run whose Searcher hands out nodes
 as their inputs complete (orchestrator.scheduler) -> Parquet rows published per node -> summary table, figure
-and report. A live progress view replaces Tune's reporter (``--verbose`` brings it back). Exits 1 if any node
-failed, 2 on a spec mistake.
+and report. A live progress view replaces Tune's reporter, and Tune's log (failed trials' tracebacks) goes to
+the store's events log (``--verbose`` brings both back to the console). Exits 1 if any node failed (after a
+table of failed and skipped nodes and each root cause once), 2 on a spec mistake.
 """
 from __future__ import annotations
 
@@ -118,7 +119,8 @@ def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, compl
              verbose: bool = False, on_scheduler=None) -> tuple[dict[str, str], list[str], set[tuple[str, str]]]:
     """Run every incomplete node of the plan in ONE Tune run, dependency-driven (orchestrator.scheduler).
     Returns ({node_key: error} for failed and skipped nodes, row-publishing failures, (stage, key) of the
-    nodes completed by this run).
+    nodes completed by this run). Unless ``verbose``, Tune's own output is off and its log records (failed
+    trials' tracebacks) go to the store's events log (orchestrator/tune_run.py).
 
     ``on_scheduler(scheduler)``: for producers of more nodes (e.g. a search): called before Tune starts with
     the run's ``DagScheduler``, opened (``keep_open``) so the run waits for nodes it adds until it calls
@@ -126,7 +128,7 @@ def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, compl
     from .plan import node_seconds
     from .progress import LiveProgress
     from .scheduler import DagScheduler
-    from .tune_run import TuneRun, env_vars
+    from .tune_run import TuneRun, env_vars, tune_logs_to_events
 
     todo = [n for n in plan.nodes.values() if (n.stage, n.key) not in complete]
     if not todo and on_scheduler is None:
@@ -151,8 +153,9 @@ def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, compl
         "TUNE_MAX_PENDING_TRIALS_PG": os.environ.get("TUNE_MAX_PENDING_TRIALS_PG",
                                                      str(min(200, concurrent_width(spec, plan, todo)))),
     }
+    quiet = contextlib.nullcontext() if verbose else tune_logs_to_events(store)
     try:
-        with env_vars(**env), LiveProgress(plan, scheduler, gpus, console, every=every):
+        with env_vars(**env), quiet, LiveProgress(plan, scheduler, gpus, console, every=every):
             run.tuner(verbose).fit()
     finally:
         publisher.close()
@@ -232,7 +235,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--status", action="store_true",
                         help="print the sweep's progress from its artifact store and results, and exit (works "
                              "while the sweep runs elsewhere)")
-    parser.add_argument("--verbose", action="store_true", help="Tune's own trial tables and worker logs too")
+    parser.add_argument("--verbose", action="store_true",
+                        help="on the console too: Tune's trial tables, its log (failed trials' tracebacks; "
+                             "otherwise in the events log <artifact_store>/_events/) and the workers' logs")
     parser.add_argument("--no-figure", action="store_true", help="skip the PNG figure")
     parser.add_argument("--no-report", action="store_true", help="skip the Markdown report and its figures")
     return parser.parse_args(argv)
@@ -327,7 +332,9 @@ def report_outputs(args: argparse.Namespace, spec: SweepSpec, root: str, started
     """The summary table, figure and report of the sweep's results, uploaded for a URI output_dir."""
     frame = results.load(root, sweep=spec.name)
     try:
-        console.print(summarize(frame))
+        table = summarize(frame)
+        if table.row_count:  # nothing completed (a failed launch): no empty table
+            console.print(table)
     except ValueError as err:  # e.g. two configs of one curve point in this output_dir: rows are all saved
         console.print(f"[yellow]no summary table:[/] {err}", highlight=False)
     out_dir = clusterlib.local_output_dir(spec.output_dir, spec.name)

@@ -4,10 +4,13 @@ inputs complete (``orchestrator.launch.run_plan`` drives it).
 * ``TuneRun``: trial configs (node payloads sized per stage), per-trial resources, each failed trial's
   one-line error, and the ``tune.Tuner`` built from them.
 * ``env_vars(**changes)``: environment variables set for a block and restored on exit.
+* ``tune_logs_to_events(store)``: Tune's log records (the "Trial task failed" tracebacks among them) go to
+  the artifact store's events log instead of the console, so a failed node reads as one line there.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 
@@ -15,6 +18,9 @@ from ray import tune
 from ray.tune import PlacementGroupFactory
 
 from . import cluster as clusterlib
+
+# Loggers whose records a quiet launch sends to the events log (Tune and the Train/AIR layers under it)
+TUNE_LOGGERS = ("ray.tune", "ray.train", "ray.air")
 
 
 @contextlib.contextmanager
@@ -32,6 +38,46 @@ def env_vars(**changes: str | None):
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+class EventsLogHandler(logging.Handler):
+    """Log records as events of the artifact store's events log (``<root>/_events/<host>-<pid>.jsonl``;
+    for a URI store, the local cache's): event ``log``, with the level, the logger and the message, its
+    traceback included."""
+
+    def __init__(self, store, level: int = logging.INFO):
+        super().__init__(level)
+        if store.remote:  # a URI store keeps no events: this process's go to its local cache
+            from workers.store import ArtifactStore
+
+            store = ArtifactStore(store.cache)
+        self.store = store
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.store.log_event("log", "", "", level=record.levelname, logger=record.name,
+                                 message=self.format(record))
+        except Exception:  # noqa: BLE001 - logging must never stop the sweep
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def tune_logs_to_events(store, loggers: tuple[str, ...] = TUNE_LOGGERS):
+    """For the block, the records of ``loggers`` go to the events log only (not to Ray's console handler)."""
+    handler = EventsLogHandler(store)
+    saved = []
+    for name in loggers:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.propagate))
+        logger.addHandler(handler)
+        logger.propagate = False
+    try:
+        yield handler
+    finally:
+        for logger, propagate in saved:
+            logger.removeHandler(handler)
+            logger.propagate = propagate
 
 
 def trial_error(trial) -> str:
