@@ -1,5 +1,7 @@
 """What a launch does about failures: verify stored inputs before they are used, give each failed node a
-one-line reason, skip its descendants with that reason, and print a summary table.
+one-line reason, skip its descendants with that reason, and print a summary: the failure table (a short
+reason per node) and each root cause once, in full. (Tune's tracebacks go to the store's events log, not the
+console: orchestrator/tune_run.py.)
 
 Used by ``orchestrator.launch.main`` (a few call sites); the launch loop itself stays scheduling only.
 """
@@ -70,7 +72,9 @@ def verify_inputs(plan: Plan, store: ArtifactStore, published: set[str] | None =
 
 
 def failure_table(plan: Plan, errors: dict[str, str]) -> Table:
-    """One row per failed or skipped node: stage, key, what it is, and the reason."""
+    """One row per failed or skipped node: stage, key, what it is, and a short reason (a failed node's error
+    type, the full reason printed once below the table by ``print_failures``; a skipped node's failed
+    upstream node)."""
     table = Table(title=f"{len(errors)} node(s) did not complete")
     for col in ("stage", "node", "task", "paradigm", "sparsity", "seed", "status", "reason"):
         table.add_column(col, overflow="fold")
@@ -81,5 +85,26 @@ def failure_table(plan: Plan, errors: dict[str, str]) -> Table:
         sparsity = cols.get("target_sparsity")
         table.add_row(node.stage if node else "?", key, str(cols.get("task", "")), str(cols.get("paradigm", "")),
                       "" if sparsity is None else f"{sparsity:g}", str(cols.get("seed", "")), status,
-                      reason.removeprefix("skipped: "))
+                      short_reason(reason))
     return table
+
+
+def short_reason(reason: str) -> str:
+    """A reason as the failure table shows it: ``upstream <stage> <key> failed`` for a skipped node, the
+    error type (``DivergenceError``) or the first words of a failed node's reason."""
+    if reason.startswith("skipped: "):
+        upstream, sep, _ = reason.removeprefix("skipped: ").partition(" failed: ")
+        return f"{upstream} failed" if sep else upstream
+    m = _ERROR_LINE.match(reason)
+    if m:
+        return m.group(1)
+    return reason if len(reason) <= 40 else reason[:39] + "…"
+
+
+def print_failures(console, plan: Plan, errors: dict[str, str]) -> None:
+    """The failure table, then each failed node's full reason once, unwrapped (the root causes: a skipped
+    node's reason is its upstream node's)."""
+    console.print(failure_table(plan, errors))
+    for key, message in errors.items():
+        if not message.startswith("skipped"):
+            console.print(f"[red]failed node {key}:[/] {message}", highlight=False, soft_wrap=True)

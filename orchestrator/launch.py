@@ -2,12 +2,14 @@
 
 spec -> plan (stage DAG, content keys) -> skip complete nodes -> ONE Ray Tune run whose Searcher hands out nodes
 as their inputs complete (orchestrator.scheduler) -> Parquet rows published per node -> summary table, figure
-and report. A live progress view replaces Tune's reporter (``--verbose`` brings it back). Exits 1 if any node
-failed, 2 on a spec mistake.
+and report. A live progress view replaces Tune's reporter, and Tune's log (failed trials' tracebacks) goes to
+the store's events log (``--verbose`` brings both back to the console). Exits 1 if any node failed (after a
+table of failed and skipped nodes and each root cause once), 2 on a spec mistake.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -120,123 +122,47 @@ def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, compl
              verbose: bool = False, on_scheduler=None) -> tuple[dict[str, str], list[str], set[tuple[str, str]]]:
     """Run every incomplete node of the plan in ONE Tune run, dependency-driven (orchestrator.scheduler).
     Returns ({node_key: error} for failed and skipped nodes, row-publishing failures, (stage, key) of the
-    nodes completed by this run).
+    nodes completed by this run). Unless ``verbose``, Tune's own output is off and its log records (failed
+    trials' tracebacks) go to the store's events log (orchestrator/tune_run.py).
 
     ``on_scheduler(scheduler)``: for producers of more nodes (e.g. a search): called before Tune starts with
     the run's ``DagScheduler``, opened (``keep_open``) so the run waits for nodes it adds until it calls
     ``scheduler.close()``."""
-    from ray import tune
-    from ray.tune import PlacementGroupFactory
-
-    from workers.trainable import stage_trainable
-
     from .plan import node_seconds
     from .progress import LiveProgress
-    from .scheduler import DagScheduler, make_searcher
+    from .scheduler import DagScheduler
+    from .tune_run import TuneRun, env_vars, tune_logs_to_events
 
-    done_keys = {key for stage, key in complete}
     todo = [n for n in plan.nodes.values() if (n.stage, n.key) not in complete]
     if not todo and on_scheduler is None:
         return {}, [], set()
     cluster = clusterlib.shape()
     resources = validate_resources(spec, plan, todo, cluster)
-
     scheduler = DagScheduler(duration=node_seconds, keep_open=on_scheduler is not None)
     publisher = RowPublisher(store, root)
     scheduler.on_node_done(publisher.submit)
-    scheduler.add_nodes(plan.nodes.values(), complete=done_keys)
+    scheduler.add_nodes(plan.nodes.values(), complete={key for _, key in complete})
     if on_scheduler is not None:
         on_scheduler(scheduler)
-
-    def payload(node: Node) -> dict:
-        if node.stage not in resources:  # a stage only a producer's nodes use
-            resources[node.stage] = node_resources(spec, node.stage, 1, cluster)
-        res = resources[node.stage]
-        node.stage_config["device"] = "cuda" if res["gpu"] > 0 else "cpu"
-        return node_payload(node, store, res)
-
-    by_id: dict = {}  # trial id -> Trial, for its error text
-
-    def last_line(trial) -> str:
-        text = ""
-        if trial is not None:
-            text = trial.get_error() or (open(trial.error_file).read() if trial.error_file and
-                                         os.path.exists(trial.error_file) else "")
-        return failures.reason_of(text) if str(text).strip() else ""  # the innermost "SomeError: message"
-
-    class TrackTrials(tune.Callback):
-        def on_trial_add(self, iteration, trials, trial, **info):
-            by_id[trial.trial_id] = trial
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            # Tune tells the Searcher of a failure before this callback; if the error text was not readable
-            # then, record it now and publish the node's error row again (same file: idempotent)
-            key = trial.config["node"]["key"]
-            if scheduler.message.get(key) == "failed":
-                message = last_line(trial)
-                if message:
-                    scheduler.set_message(key, message)
-                    publisher.submit(scheduler.nodes[key], "failed", message)
-
-        def __reduce__(self):  # Tune pickles its run config (tuner.pkl): leave the live scheduler out
-            return (tune.Callback, ())
-
-    def error_of(trial_id: str) -> str:
-        return last_line(by_id.get(trial_id)) or "failed"
-
-    def trainable(config):
-        stage_trainable(config)
-
-    def trial_resources(config):  # per trial: stages ask for different resources (fractional GPUs too)
-        r = config["node"]["resources"]
-        return PlacementGroupFactory([{"CPU": r["cpu"], "GPU": r["gpu"]}])
-
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, trial_resources),
-        tune_config=tune.TuneConfig(
-            search_alg=make_searcher(scheduler, payload, error_of),
-            num_samples=-1,  # the searcher says when it is done (Searcher.FINISHED)
-            max_concurrent_trials=spec.resources.max_concurrent_trials,
-            reuse_actors=True,  # a new trial process costs seconds (torch + transformers imports)
-            trial_dirname_creator=lambda trial: trial.config["node"]["key"],
-            trial_name_creator=lambda trial: f"{trial.config['node']['stage']}-{trial.config['node']['key']}",
-        ),
-        run_config=tune.RunConfig(
-            name=f"{spec.name}-{int(time.time())}",
-            storage_path=clusterlib.tune_storage(spec.output_dir, spec.name),
-            # a retried trial resumes its node from the last checkpoint in the store
-            failure_config=tune.FailureConfig(max_failures=spec.resources.max_retries),
-            callbacks=[TrackTrials()],
-            verbose=1 if verbose else 0,
-        ),
-    )
+    run = TuneRun(spec, store, scheduler, publisher, resources, cluster)
     gpus = {n.key: resources[n.stage]["gpu"] for n in plan.nodes.values() if n.stage in resources}
     every = float(os.environ.get("SRNET_PROGRESS_EVERY", "30"))
-    # Tune's new console output prints its experiment header even at verbose=0; the legacy one is silent there
-    saved = os.environ.get("RAY_AIR_NEW_OUTPUT")
-    if not verbose:
-        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    # With a custom Searcher Tune keeps ONE pending trial unless told otherwise: ready nodes would then start one
-    # at a time and an autoscaler would see demand for one GPU at a time. Let as many be pending as can run.
-    saved_pending = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")
-    if saved_pending is None:
-        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(min(200, concurrent_width(spec, plan, todo)))
+    env = {
+        # Tune's new console output prints its experiment header even at verbose=0; the legacy one is silent
+        "RAY_AIR_NEW_OUTPUT": None if verbose else "0",
+        # With a custom Searcher Tune keeps ONE pending trial unless told otherwise: ready nodes would then
+        # start one at a time and an autoscaler would see demand for one GPU at a time. Let as many be pending
+        # as can run (unless the caller set it).
+        "TUNE_MAX_PENDING_TRIALS_PG": os.environ.get("TUNE_MAX_PENDING_TRIALS_PG",
+                                                     str(min(200, concurrent_width(spec, plan, todo)))),
+    }
+    quiet = contextlib.nullcontext() if verbose else tune_logs_to_events(store)
     try:
-        with LiveProgress(plan, scheduler, gpus, console, every=every):
-            tuner.fit()
+        with env_vars(**env), quiet, LiveProgress(plan, scheduler, gpus, console, every=every):
+            run.tuner(verbose).fit()
     finally:
         publisher.close()
-        if saved_pending is None:
-            os.environ.pop("TUNE_MAX_PENDING_TRIALS_PG", None)
-        if saved is None:
-            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
-        else:
-            os.environ["RAY_AIR_NEW_OUTPUT"] = saved
-    errors = {k: scheduler.message.get(k, s) for k, s in scheduler.snapshot().items() if s in ("failed", "skipped")}
-    for key, status in scheduler.snapshot().items():
-        if status in ("waiting", "ready", "running"):  # Tune stopped early (e.g. interrupted)
-            errors[key] = f"not run: the Tune run ended while it was {status}"
-    finished = {(scheduler.nodes[k].stage, k) for k, s in scheduler.snapshot().items() if s == "done"}
+    errors, finished = run.outcome()
     return errors, publisher.failures, finished
 
 
@@ -295,7 +221,7 @@ def summarize(frame: pd.DataFrame) -> Table:
     return table
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.launch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", help="sweep YAML (see sweeps/)")
@@ -309,26 +235,64 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--status", action="store_true",
                         help="print the sweep's progress from its artifact store and results, and exit (works "
                              "while the sweep runs elsewhere)")
-    parser.add_argument("--verbose", action="store_true", help="Tune's own trial tables and worker logs too")
+    parser.add_argument("--verbose", action="store_true",
+                        help="on the console too: Tune's trial tables, its log (failed trials' tracebacks; "
+                             "otherwise in the events log <artifact_store>/_events/) and the workers' logs")
     parser.add_argument("--no-figure", action="store_true", help="skip the PNG figure")
     parser.add_argument("--no-report", action="store_true", help="skip the Markdown report and its figures")
-    args = parser.parse_args(argv)
-    try:
-        spec = load_spec(args.spec)
-        clusterlib.override_output_dir(spec, args.output_dir)
-        preflight(spec, args.spec, local_ray=not args.address)  # what a launch would refuse, before Ray starts
-        plan = build_plan(spec)
-        from .packing import check_packing, detect_gpu_memory  # a GPU fraction must fit its stage
+    return parser.parse_args(argv)
 
-        check_packing(spec, plan, detect_gpu_memory())
-    except SpecError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        return 2
+
+def load(args: argparse.Namespace) -> tuple[SweepSpec, Plan, ArtifactStore]:
+    """The spec, its plan and its store, with everything a launch would refuse checked before Ray starts;
+    a mistake raises SpecError (one line)."""
+    spec = load_spec(args.spec)
+    clusterlib.override_output_dir(spec, args.output_dir)
+    preflight(spec, args.spec, local_ray=not args.address)  # what a launch would refuse, before Ray starts
+    plan = build_plan(spec)
+    from .packing import check_packing, detect_gpu_memory  # a GPU fraction must fit its stage
+
+    check_packing(spec, plan, detect_gpu_memory())
     try:
         store = ArtifactStore(spec.artifact_root())
     except Exception as err:  # noqa: BLE001 - pyarrow's errors for a store it cannot open: one line, exit 2
-        console.print(f"[bold red]error:[/] {args.spec}: field 'artifact_store': cannot open "
-                      f"'{spec.artifact_root()}': {' '.join(str(err).split())[:300]}", highlight=False, soft_wrap=True)
+        raise SpecError(f"{args.spec}: field 'artifact_store': cannot open '{spec.artifact_root()}': "
+                        f"{' '.join(str(err).split())[:300]}") from None
+    return spec, plan, store
+
+
+@contextlib.contextmanager
+def ray_session(args: argparse.Namespace, spec: SweepSpec):
+    """Ray for the launch (a Ray the caller already started is reused: notebooks, tests), the cluster checked
+    (a multi-node cluster must share the store; paths the spec names must exist on every node), and shut down
+    on exit if started here. Worker logs reach the console only with --verbose."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started and args.address:
+        ray.init(address=args.address, log_to_driver=args.verbose,
+                 runtime_env=None if args.no_ship_code else clusterlib.runtime_env())
+    elif started:  # no dashboard (were one enabled, it would listen on the loopback interface only)
+        ray.init(include_dashboard=False, dashboard_host="127.0.0.1", logging_level="WARNING",
+                 log_to_driver=args.verbose)
+    try:
+        clusterlib.check_cluster(spec.artifact_root(), clusterlib.local_paths(spec), clusterlib.alive_nodes())
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def error(message) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        spec, plan, store = load(args)
+    except SpecError as err:
+        error(err)
         return 2
     root = results.results_dir(spec.output_dir)
     if args.status:
@@ -346,61 +310,46 @@ def main(argv: list[str] | None = None) -> int:
     print_plan(spec, plan, complete)
     if args.dry_run:
         return 0
-
-    import ray
-
     started = time.time()
     save_spec_copy(args.spec, spec)
-    started_ray = not ray.is_initialized()  # reuse a Ray the caller already started (notebooks, tests)
-    if started_ray and args.address:
-        ray.init(address=args.address, log_to_driver=args.verbose,
-                 runtime_env=None if args.no_ship_code else clusterlib.runtime_env())
-    elif started_ray:  # no dashboard (were one enabled, it would listen on the loopback interface only)
-        ray.init(include_dashboard=False, dashboard_host="127.0.0.1", logging_level="WARNING",
-                 log_to_driver=args.verbose)
     try:
-        # a multi-node cluster must share the store; paths the spec names must exist on every node
-        clusterlib.check_cluster(spec.artifact_root(), clusterlib.local_paths(spec), clusterlib.alive_nodes())
-    except clusterlib.ClusterError as err:
-        if started_ray:
-            ray.shutdown()
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        with ray_session(args, spec):
+            # a node that is not complete runs; one interrupted mid-training resumes from its checkpoint
+            errors, publish_failures, finished = run_plan(spec, plan, store, root, complete, verbose=args.verbose)
+    except (SpecError, clusterlib.ClusterError) as err:
+        error(err)
         return 2
-    try:
-        # a node that is not complete runs; one interrupted mid-training resumes from its checkpoint
-        errors, publish_failures, finished = run_plan(spec, plan, store, root, complete, verbose=args.verbose)
-    except SpecError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        return 2
-    finally:
-        if started_ray:
-            ray.shutdown()
-
     for failure in publish_failures:
         console.print(f"[yellow]publishing rows failed (retried below):[/] {failure}", highlight=False)
     collect(plan, store, root, errors, complete | finished)  # no second listing of the store
+    report_outputs(args, spec, root, started)
+    if errors:
+        failures.print_failures(console, plan, errors)
+    return 1 if errors else 0
+
+
+def report_outputs(args: argparse.Namespace, spec: SweepSpec, root: str, started: float) -> None:
+    """The summary table, figure and report of the sweep's results, uploaded for a URI output_dir."""
     frame = results.load(root, sweep=spec.name)
     try:
-        console.print(summarize(frame))
+        table = summarize(frame)
+        if table.row_count:  # nothing completed (a failed launch): no empty table
+            console.print(table)
     except ValueError as err:  # e.g. two configs of one curve point in this output_dir: rows are all saved
         console.print(f"[yellow]no summary table:[/] {err}", highlight=False)
     out_dir = clusterlib.local_output_dir(spec.output_dir, spec.name)
     if not args.no_figure:
         from .figures import metric_vs_sparsity
-        png = metric_vs_sparsity(frame[frame["status"] == "completed"], os.path.join(out_dir, f"{spec.name}_sparsity.png"))
+        png = metric_vs_sparsity(frame[frame["status"] == "completed"],
+                                 os.path.join(out_dir, f"{spec.name}_sparsity.png"))
         console.print(f"figure: {png}")
     if not args.no_report:
         from .report import build_report
-        report = build_report(root, out=os.path.join(out_dir, "report"), sweep=spec.name, masks="://" not in spec.artifact_root())
+        report = build_report(root, out=os.path.join(out_dir, "report"), sweep=spec.name,
+                              masks="://" not in spec.artifact_root())
         console.print(f"report: {report.path} ({len(report.figures)} figures)")
     clusterlib.upload_outputs(out_dir, spec.output_dir)
     console.print(f"results: {root}  ({len(frame)} rows, {time.time() - started:.0f} s)")
-    if errors:
-        console.print(failures.failure_table(plan, errors))
-        for key, message in errors.items():  # each root failure's full reason, unwrapped (the table folds it)
-            if not message.startswith("skipped"):
-                console.print(f"[red]failed node {key}:[/] {message}", highlight=False, soft_wrap=True)
-    return 1 if errors else 0
 
 
 def _published_keys(root: str) -> set[str]:

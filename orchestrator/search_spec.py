@@ -111,7 +111,8 @@ class SearchSpec(_Strict):
     @model_validator(mode="after")
     def _consistent(self):
         if self.kind == "timing" and self.timing is None:
-            raise ValueError("search.kind is 'timing' but search.timing (every, sparsity, ...) is missing")
+            raise ValueError("search.kind is 'timing' but search.timing (min_step, include_end, sparsity, loss) "
+                             "is missing")
         if self.mode == "pareto" and len(set(self.objectives)) != len(self.objectives):
             raise ValueError("objectives must not repeat")
         if self.mode == "pareto" and self.pruner.kind != "none":

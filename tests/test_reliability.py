@@ -468,6 +468,35 @@ WRAPPER = ("import sys, ray; ray.init(num_cpus=1, include_dashboard=False, loggi
 
 
 @pytest.mark.slow
+def test_failed_launch_reads_as_one_line_traceback_in_events_log(tmp_path):
+    """Issue 22: a launch whose fine-tuning diverges prints the plan, the failure table and the root cause
+    once (about 20 lines in all: no Tune or Ray traceback); the traceback is in the store's events log.
+    With --verbose it is on the console again."""
+    path, out = _spec(tmp_path, finetune={**BASE["finetune"], "lr": 1e30},
+                      resources={"cpus_per_trial": 1, "max_retries": 0})
+    code, text = _finish(_launch(path, _env(tmp_path, "q1"), str(tmp_path)))
+    lines = text.splitlines()
+    assert code == 1, text
+    assert len(lines) <= 25, text
+    causes = [line for line in lines if "DivergenceError: training loss is nan" in line]
+    assert len(causes) == 1 and causes[0].startswith("failed node "), text
+    assert "Traceback" not in text and "Trial task failed" not in text and "(pid=" not in text, text
+    assert "2 node(s) did not complete" in text and "upstream finetune" in text
+    logged = [e for e in ArtifactStore(os.path.join(out, "artifacts")).events()
+              if e["event"] == "log" and "Trial task failed" in e["message"]]
+    assert len(logged) == 1 and logged[0]["level"] == "ERROR"
+    assert "Traceback (most recent call last)" in logged[0]["message"]
+    assert "DivergenceError: training loss is nan" in logged[0]["message"]
+    assert _no_orphans("q1") == []
+    verbose = subprocess.Popen([sys.executable, "-m", "orchestrator.launch", path, "--no-figure", "--no-report",
+                                "--verbose"], env=_env(tmp_path, "q2"), cwd=str(tmp_path),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    code, text = _finish(verbose)
+    assert code == 1 and "Trial task failed" in text and "Traceback" in text, text
+    assert _no_orphans("q2") == []
+
+
+@pytest.mark.slow
 def test_two_drivers_on_one_store_run_each_node_once(tmp_path):
     path, out = _spec(tmp_path, grid={**BASE["grid"], "sparsities": [0.5, 0.9]})
     procs = [subprocess.Popen([sys.executable, "-c", WRAPPER, path, "--no-figure", "--no-report"],

@@ -1,4 +1,4 @@
-"""Optuna searches (orchestrator/search.py): OOD-dev roles, the timing predictor, tiny studies on the synthetic
+"""Optuna searches (orchestrator/search/): OOD-dev roles, the timing predictor, tiny studies on the synthetic
 task with tiny-bert (in-process runner; the Ray adapter and the kill -9 resume are marked slow)."""
 from __future__ import annotations
 
@@ -86,16 +86,18 @@ def test_search_spec_mistakes_are_one_line(tmp_path):
         search.build_setting(spec)
 
 
-def test_checkpoint_files_under_both_planner_designs():
-    """Saved steps per fine-tuning node: save_steps here, the scheduler's fixed fraction grid (issue 9)."""
+def test_checkpoint_files_follow_the_fine_tunes_fraction_grid():
+    """Saved steps per fine-tuning node: its fixed fraction grid, at step max(1, round(f * total)) (computed here
+    by hand), the first fraction winning a step two share."""
     from types import SimpleNamespace as Node  # only stage_config is read
 
-    steps = Node(stage_config={"save_steps": [2, 4]})
-    assert search.checkpoint_files(steps, 8) == {2: "weights_step2.safetensors", 4: "weights_step4.safetensors"}
     grid = Node(stage_config={"save_fractions": [0.1, 0.5, 0.9]})
     assert search.checkpoint_files(grid, 64) == {6: "weights_f0.1.safetensors", 32: "weights_f0.5.safetensors",
                                                  58: "weights_f0.9.safetensors"}
     assert search.saved_steps(grid, 64) == [6, 32, 58]
+    short = Node(stage_config={"save_fractions": [0.1, 0.2, 0.5]})  # 6 steps: 0.1 and 0.2 both land on step 1
+    assert search.checkpoint_files(short, 6) == {1: "weights_f0.1.safetensors", 3: "weights_f0.5.safetensors"}
+    assert search.checkpoint_files(Node(stage_config={}), 64) == {}
 
 
 # -- the timing predictor -------------------------------------------------------------------------------

@@ -136,18 +136,27 @@ class NodeFactory:
         """Mask training of ``init`` (None: the pre-trained model) at ``sparsity``; ``gradual``: a cubic
         schedule to it (scores start from |W|); ``train``: settings that differ from the spec's (a search's)."""
         task, backbone, seed = cell.task, cell.backbone, cell.seed
-        cfg = self.base_config("mask_train", task, backbone, seed, loss, sparsity, task_options, paradigm)
-        cfg["train"]["select_from"] = SELECT_FROM_FINETUNED if init is not None else 0.0
+        cfg = self.mask_train_config(task, backbone, seed, loss, sparsity, init is not None, task_options, paradigm,
+                                     gradual)
         cfg["train"].update(train or {})
-        cfg["mask_classifier"] = True
-        if gradual:
-            cfg["gradual"] = gradual
-            cfg["mask"]["init"] = "magnitude_soft"
         inputs = self.loss_inputs(task, loss, cell.ft_std, task_options)
         if init is not None:
             inputs["init_weights"] = Input(init, init_file)
         return self.add(Node("mask_train", cfg, inputs, columns=self.columns(
             task, backbone, seed, paradigm, loss, sparsity, method=method, **(extra_cols or {}))))
+
+    def mask_train_config(self, task: str, backbone: str, seed: int, loss: str, sparsity: float,
+                          from_finetuned: bool, task_options=None, paradigm: str | None = None,
+                          gradual: dict | None = None) -> dict:
+        """The config of a mask-training node: from a fine-tuned model only evaluations from 70% of the run on
+        may be selected (protocol 2); the classifier is masked; a gradual schedule starts scores from |W|."""
+        cfg = self.base_config("mask_train", task, backbone, seed, loss, sparsity, task_options, paradigm)
+        cfg["train"]["select_from"] = SELECT_FROM_FINETUNED if from_finetuned else 0.0
+        cfg["mask_classifier"] = True
+        if gradual:
+            cfg["gradual"] = gradual
+            cfg["mask"]["init"] = "magnitude_soft"
+        return cfg
 
     def prune(self, method: str, cell: Cell, init: Node, loss: str, sparsity: float, paradigm: str,
               extra_cols=None) -> Node:

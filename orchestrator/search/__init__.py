@@ -1,0 +1,41 @@
+"""Optuna searches over when mask training starts and over the gradual schedule (docs/search.md).
+
+    python -m orchestrator.search sweeps/timing_search.yaml [--runner ray|local] [--address ray://...]
+
+Trials are ordinary content-keyed stage nodes built with the planner's node builders: a trial whose
+parameters equal an earlier node's reuses that node, and a relaunch after a kill continues the study (the
+trials the killed driver left RUNNING are finished with the parameters they already had, never re-asked).
+Objectives come from the trial node's rows at its checkpoint selected on ID dev: ID dev (eval_role "id") and
+OOD dev (eval_role "ood_dev"); rows with eval_role "ood" (the reported OOD test sets) are never read here.
+
+The driver runs nodes through a ``NodeRunner`` (``run_nodes(nodes) -> {key: error or None}``):
+``LaunchRunner`` makes each batch of trials one Ray Tune run of the launch's dependency-driven scheduler
+(``orchestrator.launch.run_plan``); ``LocalRunner`` runs them in this process, for tests and debugging.
+
+Modules, one job each:
+
+* ``nodes``: the one contact with the planner's node recipes (its private ``_Builder``, saved checkpoints);
+* ``space``: what a timing and a schedule search differ in (``SPACES[kind]``: parameters, node shape, cost);
+* ``setting``: the study's fixed setting, its name, and trials as mask-training nodes;
+* ``objectives``: ID dev / OOD dev at the selected checkpoint, the scalarised objective;
+* ``runners``: ``LaunchRunner``, ``LocalRunner``;
+* ``study``: storage, sampler and pruner factories, the trial loop (``run_study``), trial rows;
+* ``predictor``: Early-Bird and ID-dev-plateau picks against the study's best trial (timing searches);
+* ``cli``: the command line (``python -m orchestrator.search``).
+"""
+from .cli import main
+from .nodes import checkpoint_files, saved_steps
+from .objectives import (OBJECTIVE_DIRECTIONS, SearchError, dense_id, node_rows, objective_values,
+                         scalarize)
+from .predictor import predictor_comparison
+from .runners import LaunchRunner, LocalRunner, NodeRunner, closure
+from .setting import (Setting, build_setting, max_cost, study_name, suggest, suggest_fixed, trial_cost,
+                      trial_node)
+from .space import SPACES, ScheduleSpace, TimingSpace
+from .study import PRUNERS, SAMPLERS, SearchResult, TrialLoop, open_study, run_study, storage_for, trial_frame
+
+__all__ = ["OBJECTIVE_DIRECTIONS", "PRUNERS", "SAMPLERS", "SPACES", "LaunchRunner", "LocalRunner", "NodeRunner",
+           "ScheduleSpace", "SearchError", "SearchResult", "Setting", "TimingSpace", "TrialLoop", "build_setting",
+           "checkpoint_files", "closure", "dense_id", "main", "max_cost", "node_rows", "objective_values",
+           "open_study", "predictor_comparison", "run_study", "saved_steps", "scalarize", "storage_for",
+           "study_name", "suggest", "suggest_fixed", "trial_cost", "trial_frame", "trial_node"]

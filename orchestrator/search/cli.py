@@ -1,0 +1,77 @@
+"""``python -m orchestrator.search SPEC [--runner ray|local] [--address ray://...] [--n-trials N] [--no-report]``"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+
+import pandas as pd
+
+from .. import results
+from ..spec import SpecError, load_spec
+from . import __doc__ as package_doc
+from .objectives import SearchError
+from .predictor import predictor_comparison
+from .runners import LaunchRunner, LocalRunner
+from .setting import build_setting
+from .study import run_study
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.search", description=package_doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("spec", help="sweep YAML with a search: section (see sweeps/timing_search.yaml)")
+    parser.add_argument("--runner", choices=["ray", "local"], default="ray",
+                        help="ray: Ray Tune runs through the launch's scheduler (default); local: nodes in this "
+                             "process, no Ray")
+    parser.add_argument("--address", help="Ray cluster address; default: an embedded local Ray")
+    parser.add_argument("--n-trials", type=int, help="override search.n_trials (the study's total)")
+    parser.add_argument("--no-report", action="store_true", help="skip the figures and tables")
+    return parser.parse_args(argv)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None):
+    """An embedded (or the addressed) Ray for the study, shut down on exit; a Ray already started is reused."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, logging_level="WARNING") if address \
+            else ray.init(include_dashboard=False, logging_level="WARNING")
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        spec = load_spec(args.spec)
+        if spec.search is None:
+            raise SpecError(f"{args.spec}: no 'search' section; see sweeps/timing_search.yaml and docs/search.md")
+        build_setting(spec)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from workers.store import ArtifactStore
+
+    store = ArtifactStore(spec.artifact_root())
+    root = results.results_dir(spec.output_dir)
+    runner = LaunchRunner(spec, store, root) if args.runner == "ray" else LocalRunner(spec, store, root)
+    try:
+        with ray_session(args.address) if args.runner == "ray" else contextlib.nullcontext():
+            result = run_study(spec, runner, store, root, n_trials=args.n_trials)
+            table = predictor_comparison(result, runner, store, root) if not args.no_report else pd.DataFrame()
+    except SearchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if not args.no_report:
+        from ..search_report import write_search_report
+        path = write_search_report(result, table, root, os.path.abspath(spec.output_dir))
+        print(f"search report: {path}")
+    print(f"study {result.setting.study_name}: {len(result.study.trials)} trial(s); results: {root}")
+    return 0

@@ -1,0 +1,80 @@
+"""How a study runs its nodes: a ``NodeRunner`` has ``run_nodes(nodes) -> {key: error or None}`` and runs the
+nodes and whatever upstream of them is not complete.
+
+* ``LaunchRunner``: each call is one Ray Tune run through the launch's dependency-driven scheduler
+  (``orchestrator.launch.run_plan``): a batch of trials and what they need upstream, rows published as each
+  node completes.
+* ``LocalRunner``: the nodes one after another in this process (no Ray), for tests and debugging.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..spec import SweepSpec
+from ..plan import depth_groups
+from .nodes import Node
+
+
+class NodeRunner(Protocol):
+    def run_nodes(self, nodes: list[Node]) -> dict[str, str | None]:
+        """Run the nodes (and whatever upstream of them is not complete); {key: error message or None}."""
+
+
+def closure(nodes: list[Node]) -> list[list[Node]]:
+    """The nodes and their upstream, deduplicated by key, grouped by dependency depth (upstream first)."""
+    return depth_groups(nodes)
+
+
+class _RunnerBase:
+    def __init__(self, spec: SweepSpec, store, root: str):
+        self.spec, self.store, self.root = spec, store, root
+        self.ran: list[str] = []  # keys of nodes this runner actually trained (not reused), in order
+
+
+class LaunchRunner(_RunnerBase):
+    """Ray Tune through the launch's dependency-driven scheduler (``orchestrator.launch.run_plan``): a batch of
+    trials and whatever they need upstream in one Tune run, rows published as each node completes."""
+
+    def run_nodes(self, nodes: list[Node]) -> dict[str, str | None]:
+        from .. import launch
+        from ..plan import Plan
+
+        every = [n for wave in closure(nodes) for n in wave]
+        complete = {(n.stage, n.key) for n in every if self.store.is_complete(n.stage, n.key)}
+        self.ran.extend(n.key for n in every if (n.stage, n.key) not in complete)
+        errors = launch.run_plan(self.spec, Plan({n.key: n for n in every}), self.store, self.root, complete)[0]
+        return {n.key: errors.get(n.key) for n in nodes}
+
+
+class LocalRunner(_RunnerBase):
+    """Nodes one after another in this process (no Ray), upstream first: same store, same rows, same resume.
+    A node whose upstream failed is not run (its error says so)."""
+
+    def run_nodes(self, nodes: list[Node]) -> dict[str, str | None]:
+        from ..launch import publish_node
+
+        errors: dict[str, str] = {}
+        for wave in closure(nodes):
+            for node in wave:
+                if any(u.key in errors for u in node.upstream):
+                    errors[node.key] = "skipped: an upstream node failed"
+                elif not self.store.is_complete(node.stage, node.key):
+                    self.ran.append(node.key)
+                    error = self._run(node)
+                    if error:
+                        errors[node.key] = error
+                        publish_node(node, self.store, self.root, error)
+        return {n.key: errors.get(n.key) for n in nodes}
+
+    def _run(self, node: Node) -> str | None:
+        from workers.trainable import run_node
+
+        from ..launch import node_payload, publish_node
+
+        try:
+            run_node(node_payload(node, self.store))
+            publish_node(node, self.store, self.root)
+        except Exception as err:  # a failed node is a failed trial, not a crashed study
+            last = str(err).strip().splitlines()[-1][:500] if str(err).strip() else ""
+            return f"{type(err).__name__}: {last}"
+        return None
