@@ -17,6 +17,8 @@ import time
 from rich.console import Console
 from rich.table import Table
 
+from srnet_core.stages import get_kind
+
 from .plan import Plan, node_seconds
 from .scheduler import CACHED, DONE, FAILED, RUNNING, SKIPPED
 
@@ -46,7 +48,7 @@ class Tally:
             row = self.rows.setdefault(node.stage, {c: 0 for c in COLUMNS} | {"nodes": 0, "est": 0.0, "spent": 0.0})
             row["nodes"] += 1
             row[_bucket(status.get(key, "waiting"))] += 1
-            if node.stage != "bias_model":
+            if get_kind(node.stage).memory != "cpu":  # CPU stages (the bias model) spend no GPU-hours
                 row["est"] += node_seconds(node) / 3600
             row["spent"] += spent_gpu_h.get(key, 0.0)
         self.eta_s, self.elapsed_s = eta_s, elapsed_s
