@@ -21,7 +21,8 @@ from workers.store import ArtifactStore
 from . import cluster as clusterlib
 from . import failures, results
 from .plan import Node, Plan, build_plan, estimate_gpu_hours
-from .spec import SpecError, SweepSpec, load_spec, preflight
+from .preflight import check_launch
+from .spec import SpecError, SweepSpec, load_spec
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 
@@ -306,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --address: use the code installed on the nodes (a pinned image) instead of "
                              "shipping this checkout's packages; nodes still refuse a version mismatch")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit; touches no model")
+    parser.add_argument("--skip-input-checks", action="store_true", help="do not check data files and backbones "
+                        "first (e.g. to view a plan on a machine without the data); orchestrator/preflight.py")
     parser.add_argument("--status", action="store_true",
                         help="print the sweep's progress from its artifact store and results, and exit (works "
                              "while the sweep runs elsewhere)")
@@ -316,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = load_spec(args.spec)
         clusterlib.override_output_dir(spec, args.output_dir)
-        preflight(spec, args.spec, local_ray=not args.address)  # what a launch would refuse, before Ray starts
+        check_launch(spec, args.spec, local_ray=not args.address, inputs=not (args.skip_input_checks or args.status))
         plan = build_plan(spec)
         from .packing import check_packing, detect_gpu_memory  # a GPU fraction must fit its stage
 
