@@ -240,5 +240,10 @@ def _read_all(task, splits: list[str]) -> None:
             raise DataFileError(f"task '{task.name}' split '{split}': the file cannot be parsed as TSV ({err})") from None
         except KeyError as err:
             raise DataFileError(f"task '{task.name}' split '{split}': a row lacks the field {err}") from None
+        except ValueError:
+            raise  # DataFileError and the tasks' own checks: already one line
+        except Exception as err:  # noqa: BLE001 - anything else a damaged file provokes: one line, not a traceback
+            raise DataFileError(f"task '{task.name}' split '{split}': its file cannot be read "
+                                f"({type(err).__name__}: {_first_line(err)})") from None
     task._loaded.clear()  # nothing is kept: the driver only checks
 
