@@ -25,7 +25,8 @@ from workers.store import ArtifactStore
 from . import cluster as clusterlib
 from . import failures, results
 from .plan import Node, Plan, build_plan, estimate_gpu_hours
-from .spec import SpecError, SweepSpec, load_spec, preflight
+from .preflight import check_launch
+from .spec import SpecError, SweepSpec, load_spec
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 
@@ -232,6 +233,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="with --address: use the code installed on the nodes (a pinned image) instead of "
                              "shipping this checkout's packages; nodes still refuse a version mismatch")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit; touches no model")
+    parser.add_argument("--skip-input-checks", action="store_true", help="do not check data files and backbones "
+                        "first (e.g. to view a plan on a machine without the data); orchestrator/preflight.py")
     parser.add_argument("--status", action="store_true",
                         help="print the sweep's progress from its artifact store and results, and exit (works "
                              "while the sweep runs elsewhere)")
@@ -248,7 +251,8 @@ def load(args: argparse.Namespace) -> tuple[SweepSpec, Plan, ArtifactStore]:
     a mistake raises SpecError (one line)."""
     spec = load_spec(args.spec)
     clusterlib.override_output_dir(spec, args.output_dir)
-    preflight(spec, args.spec, local_ray=not args.address)  # what a launch would refuse, before Ray starts
+    # what a launch would refuse, before Ray starts: the spec's resources, then every file and backbone it names
+    check_launch(spec, args.spec, local_ray=not args.address, inputs=not (args.skip_input_checks or args.status))
     plan = build_plan(spec)
     from .packing import check_packing, detect_gpu_memory  # a GPU fraction must fit its stage
 

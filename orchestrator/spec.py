@@ -122,8 +122,8 @@ class Grid(_Strict):
     @classmethod
     def _seed_range(cls, seeds):
         for s in seeds:
-            if s < 0:
-                raise ValueError(f"seed {s} is negative; seeds must be integers >= 0")
+            if not 0 <= s <= 2**32 - 1:  # numpy and the Parquet rows take 0 .. 2^32-1
+                raise ValueError(f"seed {s} is outside 0 .. 2^32-1 (4294967295); use a smaller integer >= 0")
         return seeds
 
     @field_validator("backbones")
@@ -674,10 +674,11 @@ def preflight(spec: SweepSpec, source: str, local_ray: bool = True) -> None:
     for cpu_field, cpus, gpu_field, gpus in asked:
         if isinstance(cpus, (int, float)) and cpus > cpus_here:
             raise SpecError(f"{source}: field '{cpu_field}': {cpus:g} CPUs per trial but this machine has "
-                            f"{cpus_here}; use at most {cpus_here} or 'auto'")
+                            f"{cpus_here}; use at most {cpus_here} or 'auto', or --address to plan for a cluster")
         if isinstance(gpus, (int, float)) and gpus > gpus_here:
             raise SpecError(f"{source}: field '{gpu_field}': {gpus:g} GPUs per trial but this machine has "
-                            f"{gpus_here}; use 'auto' (CPU when there is no GPU) or at most {gpus_here}")
+                            f"{gpus_here}; use 'auto' (CPU when there is no GPU) or at most {gpus_here}, or --address to "
+                            "plan for a cluster")
 
 
 def _local_gpus() -> int:

@@ -18,6 +18,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("SRNET_TOKEN_CACHE", tempfile.mkdtemp(prefix="srnet-tokens-"))  # hermetic, shared by the session
+os.environ.setdefault("SRNET_PREFLIGHT_CACHE", os.path.join(os.environ["SRNET_TOKEN_CACHE"], "preflight.json"))
 _default_data = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 if os.path.isdir(_default_data):
     os.environ.setdefault("SRNET_DATA_DIR", _default_data)

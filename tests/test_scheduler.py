@@ -134,8 +134,17 @@ SPEC = {
 def test_failing_branch_skips_its_descendants_while_the_rest_finishes(ray_env, tmp_path):
     from orchestrator import launch, results
 
-    broken = tmp_path / "not_a_model"  # exists (the spec accepts it) but holds no model: its fine-tune fails
+    # a model directory that passes the launch's preflight (config, tokenizer, a weights file) but whose weights
+    # are not a model: its fine-tune fails at run time
+    import shutil
+
+    from srnet_core.models import minilm_path
+
+    broken = tmp_path / "not_a_model"
     broken.mkdir()
+    for name in ("config.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(os.path.join(minilm_path(), name), broken / name)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
     spec = {**SPEC, "output_dir": str(tmp_path / "out"),
             "grid": {**SPEC["grid"], "backbones": ["tiny-bert", str(broken)]}}
     path = tmp_path / "branch.yaml"

@@ -19,6 +19,7 @@ from ray import tune
 from srnet_core.checkpoint import AsyncCheckpointWriter, load_checkpoint
 from srnet_core.io import atomic_path
 from srnet_core.stages import run_stage
+from srnet_core.tasks.fingerprints import data_columns
 from srnet_core.train import EvalRecord
 
 from .provenance import provenance
@@ -171,7 +172,8 @@ def check_store(node: dict) -> None:
 def result_frame(node: dict, rows: list[dict], started: float, ended: float) -> pd.DataFrame:
     """The node's metric rows with its descriptive columns, config columns and provenance."""
     frame = pd.DataFrame(rows)
-    for column, value in {**node.get("columns", {}), **config_columns(node["stage_config"])}.items():
+    data = data_columns(node["stage_config"])  # data_fingerprint, data_rows: the files the rows come from
+    for column, value in {**node.get("columns", {}), **config_columns(node["stage_config"]), **data}.items():
         if column not in frame:  # a stage may set its own (IMP sets target_sparsity per level)
             frame[column] = value
     prov = provenance()

@@ -23,6 +23,8 @@ class FileTaskOptions:
         the OOD upper bound ("SUNets", protocol 6). The appended rows keep their own file ids behind a
         ``<split>:`` prefix (``#<k>`` for the k-th repeat), so ids stay unique and ID rows still join to bias
         files by id.
+    allow_subset: accept files that are not the complete official sets (srnet_core/tasks/fingerprints.py); their
+        rows say so in ``data_fingerprint`` / ``data_rows``. Without it, launch refuses such files.
     """
 
     paths: dict = field(default_factory=dict)
@@ -31,6 +33,7 @@ class FileTaskOptions:
     subsample_seed: int = 0
     source: str = "files"
     add_ood_train: bool = False
+    allow_subset: bool = False
 
 
 class FileTask(Task):

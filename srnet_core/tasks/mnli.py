@@ -28,9 +28,9 @@ _HANS = ("the HANS repository github.com/tommccoy1/hans (heuristics_evaluation_s
          "hans/hans_evaluation_set.tsv layout of ../shared/data (see its README)")
 
 
-def _mnli(what: str, names: tuple[str, ...]) -> FileSpec:
+def _mnli(what: str, names: tuple[str, ...], id_required: bool = True) -> FileSpec:
     return FileSpec(what, names, text_a=("sentence1", "premise"), text_b=("sentence2", "hypothesis"),
-                    label=("gold_label",), id=("index",), source=_GLUE)
+                    label=("gold_label",), id=("index",), id_required=id_required, source=_GLUE)
 
 
 def _hans(what: str, names: tuple[str, ...]) -> FileSpec:
@@ -45,7 +45,8 @@ FILES = {
                                               "mnli/mnli_dev_matched.tsv", "glue_data/MNLI/dev_matched.tsv")),
     "dev_mismatched": _mnli("MNLI dev-mismatched", ("MNLI/dev_mismatched.tsv", "mnli/dev_mismatched.tsv",
                                                     "mnli/mnli_dev_mismatched.tsv",
-                                                    "glue_data/MNLI/dev_mismatched.tsv")),
+                                                    "glue_data/MNLI/dev_mismatched.tsv"),
+                           id_required=False),  # the multinli_1.0 copy has no index (and repeats pairIDs): row numbers
     "hans": _hans("HANS evaluation set", ("hans/heuristics_evaluation_set.txt", "HANS/heuristics_evaluation_set.txt",
                                           "heuristics_evaluation_set.txt", "hans/hans_evaluation_set.tsv")),
     "hans_train": _hans("HANS training set", ("hans/heuristics_train_set.txt", "HANS/heuristics_train_set.txt",
