@@ -5,6 +5,7 @@ uninterrupted run's, byte for byte. The same for IMP's level masks."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -70,6 +71,7 @@ def test_a_node_resumed_on_another_machine_keeps_its_earlier_outputs(s3_server, 
         run_node(ft_payload, report=_preempt_after(4))  # steps 0, 2, 4, 6: f0.1 .. f0.5 on node A's scratch
     _on(monkeypatch, tmp_path, "node-b")
     run_node(ft_payload)
+    assert not os.path.exists(ArtifactStore(moved).node_dir("finetune", ft.key))  # scratch gone once committed
     files = _files(moved, "finetune", ft.key)
     assert sorted(f for f in files if f.startswith("weights_f")) == [f"weights_f0.{i}.safetensors" for i in range(1, 10)]
 
@@ -94,3 +96,27 @@ def test_a_node_resumed_on_another_machine_keeps_its_earlier_outputs(s3_server, 
     run_node(imp_payload)
     assert sorted(f for f in _files(moved, "imp", imp.key) if f.startswith("masks_s")) == [
         "masks_s0.30.safetensors", "masks_s0.60.safetensors", "masks_s0.90.safetensors"]
+
+
+def test_the_download_cache_is_bounded_least_recently_used_first(s3_server, monkeypatch, tmp_path):
+    """$SRNET_CACHE_GB bounds a machine's downloaded inputs: trim_cache removes the least recently used files
+    (a fetch from the cache counts as a use) until the rest fit."""
+    import os
+    import time
+
+    for k, v in s3_server.items():
+        monkeypatch.setenv(k, v)
+    store = ArtifactStore("s3://sweeps/cache", cache_dir=str(tmp_path / "cache"))
+    for i in range(4):  # four 1 MiB files of a complete node in the store
+        local = tmp_path / f"f{i}.bin"
+        local.write_bytes(bytes([i]) * 2**20)
+        store._upload(str(local), store._remote_path("finetune", "k", f"f{i}.bin"))
+    paths = [store.fetch("finetune", "k", f"f{i}.bin") for i in range(4)]
+    for i, path in enumerate(paths):  # distinct, increasing last-use times
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+    time.sleep(0.01)
+    store.fetch("finetune", "k", "f0.bin")  # f0 used again: now the most recent
+    removed = store.trim_cache(limit_gb=2.5 / 1024)  # room for two and a half files
+    assert sorted(os.path.basename(p) for p in removed) == ["f1.bin", "f2.bin"]
+    assert os.path.exists(paths[0]) and os.path.exists(paths[3])
+    assert store.trim_cache(limit_gb=1.0) == []

@@ -10,6 +10,7 @@ on whichever machine picks it up.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -225,6 +226,9 @@ class ArtifactStore:
         with self.fs.open_output_stream(self._remote_path(stage, key, MARKER)) as f:
             f.write(json.dumps(marker, indent=1, sort_keys=True, default=str).encode())
         self.delete_checkpoint(stage, key)
+        shutil.rmtree(local, ignore_errors=True)  # committed to the store: the scratch copy only fills the disk
+        for path in [p for p in self._pushed if p.startswith(local + os.sep)]:
+            del self._pushed[path]
 
     def push_outputs(self, stage: str, key: str) -> list[str]:
         """URI store: upload the node's output files written (or changed) since the last push to their final
@@ -323,6 +327,10 @@ class ArtifactStore:
         import pyarrow.fs as pafs
 
         local = os.path.join(self.cache, "fetched", stage, key, filename)
+        if not refresh and os.path.exists(local):
+            # its last use, for trim_cache's least-recently-used order: the access time (the mtime keys the
+            # sha256 memo, cached_sha256, so it stays)
+            os.utime(local, (time.time(), os.stat(local).st_mtime))
         if refresh or not os.path.exists(local):
             remote = self._remote_path(stage, key, filename)
             if self.fs.get_file_info(remote).type == pafs.FileType.NotFound:
@@ -331,6 +339,31 @@ class ArtifactStore:
             with atomic_path(local) as tmp:
                 pafs.copy_files(remote, tmp, source_filesystem=self.fs)
         return local
+
+    def trim_cache(self, limit_gb: float | None = None) -> list[str]:
+        """Bound the downloaded inputs (URI store): least recently used files out until the cache holds at most
+        ``limit_gb`` ($SRNET_CACHE_GB, default 50). Called before a node fetches its inputs, so nothing a
+        running stage reads is removed under it. Returns the paths removed."""
+        if not self.remote:
+            return []
+        limit = float(os.environ.get("SRNET_CACHE_GB", "50")) if limit_gb is None else limit_gb
+        folder = os.path.join(self.cache, "fetched")
+        files = []
+        for root, _, names in os.walk(folder):
+            for name in names:
+                path = os.path.join(root, name)
+                with contextlib.suppress(FileNotFoundError):
+                    stat = os.stat(path)
+                    files.append((max(stat.st_atime, stat.st_mtime), stat.st_size, path))
+        total, removed = sum(f[1] for f in files), []
+        for _, size, path in sorted(files):  # oldest use first (fetch touches a file it serves)
+            if total <= limit * 2**30:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                total -= size
+                removed.append(path)
+        return removed
 
     # -- checkpoints of running nodes -----------------------------------------------------------------------
     def checkpoint_path(self, stage: str, key: str, filename: str) -> str:

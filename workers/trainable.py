@@ -53,7 +53,8 @@ def config_columns(stage_config: dict, prefix: str = "cfg.") -> dict:
 
 
 def run_node(node: dict, report=None, owner: str | None = None) -> str:
-    """Run a node (inside Tune or not), resuming from its checkpoint; returns its local artifact directory.
+    """Run a node (inside Tune or not), resuming from its checkpoint; returns its local artifact directory (on a
+    URI store a scratch directory, removed once the node is committed: its files are in the store).
     Idempotent once complete. ``report(record)`` sees every evaluation. The node's lease in the store makes
     a second driver wait for it (and skip it once complete) instead of running it again; ``owner`` names
     the holder (a retried trial of the same driver reuses its lease at once)."""
@@ -99,6 +100,7 @@ def _run_node(node: dict, report, store: ArtifactStore, owner: str) -> None:
     started = time.time()
     os.environ.setdefault("SRNET_CODE_VERSION", provenance()["code_version"])  # recorded in mask artifacts
     stage_config = dict(node["stage_config"])
+    store.trim_cache()  # downloaded inputs of earlier nodes, least recently used first, before this node's
     for name, (up_stage, up_key, filename) in node.get("inputs", {}).items():
         stage_config[name] = store.fetch_verified(up_stage, up_key, filename)  # never a corrupt input
     try:
