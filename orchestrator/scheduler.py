@@ -229,6 +229,8 @@ def make_searcher(scheduler: DagScheduler, payload: Callable[[object], dict],
     ``error_of(trial_id)`` the one-line error of a failed trial (Tune gives a Searcher only the trial id)."""
     from ray.tune.search import Searcher
 
+    from workers.trainable import ERROR_KEY
+
     class NodeSearcher(Searcher):
         def __init__(self):
             super().__init__(metric=None, mode=None)
@@ -253,6 +255,8 @@ def make_searcher(scheduler: DagScheduler, payload: Callable[[object], dict],
                     except Exception as err:  # a missing error file must not stop the sweep
                         message = f"failed (its error could not be read: {err})"
                 scheduler.node_failed(key, message)
+            elif isinstance(result, dict) and result.get(ERROR_KEY):  # failed deterministically: not retried
+                scheduler.node_failed(key, str(result[ERROR_KEY]))
             else:
                 scheduler.node_done(key)
 

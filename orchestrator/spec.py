@@ -266,9 +266,18 @@ class Resources(_Strict):
     # bias_model (scikit-learn) asks for no GPU unless given one here.
     # Keys: the planned stage kinds (srnet_core.stages.registry).
     stages: dict[str, StageResources] = {}
-    # Times a node's trial is retried after its process dies or it raises (Tune FailureConfig.max_failures);
-    # a retry resumes from the node's last checkpoint. 0: fail at once.
-    max_retries: int = Field(1, ge=0, le=100)
+    # Times a node's trial is retried after an infrastructure failure (its process or node died, a preemption,
+    # an I/O or network error, out of memory; Tune FailureConfig.max_failures); a retry resumes from the node's
+    # last checkpoint. A deterministic error (divergence, bad data, a code error) is never retried.
+    max_retries_infra: int = Field(10, ge=0, le=1000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "max_retries" in data:
+            raise ValueError("resources.max_retries is now resources.max_retries_infra (infrastructure failures "
+                             "only, default 10; deterministic errors are never retried): rename it")
+        return data
 
     @field_validator("cpus_per_trial")
     @classmethod

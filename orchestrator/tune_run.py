@@ -174,7 +174,7 @@ class TuneRun:
                 name=f"{spec.name}-{int(time.time())}",
                 storage_path=clusterlib.tune_storage(spec.output_dir, spec.name),
                 # a retried trial resumes its node from the last checkpoint in the store
-                failure_config=tune.FailureConfig(max_failures=spec.resources.max_retries),
+                failure_config=tune.FailureConfig(max_failures=spec.resources.max_retries_infra),
                 callbacks=[_TrackTrials(self)],
                 verbose=1 if verbose else 0,
             ),

@@ -62,7 +62,7 @@ FIELD_CASES = [
     ("resources.gpus_per_trial", 1.5, "resources.gpus_per_trial"), ("resources.gpus_per_trial", 64, "GPUs per trial"),
     ("resources.cpus_per_trial", 0, "resources.cpus_per_trial"), ("resources.cpus_per_trial", -2, "resources.cpus_per_trial"),
     ("resources.cpus_per_trial", 100000, "CPUs per trial but this machine has"),
-    ("resources.max_retries", -1, "resources.max_retries"), ("resources.max_concurrent_trials", 0, "max_concurrent_trials"),
+    ("resources.max_retries_infra", -1, "resources.max_retries_infra"), ("resources.max_concurrent_trials", 0, "max_concurrent_trials"),
     ("resources.stages", {"finetune": {"gpus": -1}}, "resources.stages.finetune.gpus"),
     ("resources.stages", {"mask_train": {"cpus": 0}}, "resources.stages.mask_train.cpus"),
     # task options, checked against the task's own option names

@@ -227,8 +227,9 @@ def _rows_per_node(frame):
 
 @pytest.mark.slow
 def test_diverging_node_fails_its_descendants_are_skipped_others_finish(ray_env, tmp_path, capsys):
+    # the default 10 infrastructure retries: a deterministic error is still tried once
     path, out = _spec(tmp_path, grid={**BASE["grid"], "paradigms": ["a", "c"]},
-                      finetune={**BASE["finetune"], "lr": 1e30}, resources={"cpus_per_trial": 1, "max_retries": 0})
+                      finetune={**BASE["finetune"], "lr": 1e30}, resources={"cpus_per_trial": 1})
     assert launch.main([path, "--no-figure", "--no-report"]) == 1
     text = capsys.readouterr().out
     assert "2 node(s) did not complete" in text and "DivergenceError" in text
@@ -241,6 +242,10 @@ def test_diverging_node_fails_its_descendants_are_skipped_others_finish(ray_env,
     assert "DivergenceError" in failed.loc["mask_train", "error"]
     done = frame[frame["status"] == "completed"]
     assert set(done["paradigm"]) == {"c"} and len(done) > 0  # mask training from the pre-trained model ran
+    key = failed.loc["finetune", "node_key"]
+    events = [e for e in ArtifactStore(os.path.join(out, "artifacts")).events() if e["key"] == key]
+    assert [e["event"] for e in events] == ["run", "failed"]  # one attempt: divergence is not retried
+    assert events[1]["retried"] is False and "DivergenceError: training loss is" in events[1]["traceback"]
 
 
 @pytest.mark.slow
@@ -377,12 +382,12 @@ def _no_orphans(tag, timeout=30):
 
 @pytest.mark.slow
 def test_killed_trial_resumes_killed_driver_relaunches_without_orphans(tmp_path):
-    """1) SIGKILL the trial process after its first checkpoint: Tune retries it (resources.max_retries) and
+    """1) SIGKILL the trial process after its first checkpoint: Tune retries it (resources.max_retries_infra) and
     the node resumes from that checkpoint; rows equal an uninterrupted run's. 2) kill -9 the driver: its Ray
     processes go with it, and the relaunch resumes and leaves none behind. The local Ray serves no dashboard
     beyond 127.0.0.1."""
     longer = {"finetune": {**BASE["finetune"], "epochs": 3}, "mask_train": {**BASE["mask_train"], "epochs": 3}}
-    path, out = _spec(tmp_path, resources={"cpus_per_trial": 1, "max_retries": 2}, **longer)
+    path, out = _spec(tmp_path, resources={"cpus_per_trial": 1, "max_retries_infra": 2}, **longer)
     artifacts = os.path.join(out, "artifacts")
     faults = 0
     proc = _launch(path, _env(tmp_path, "a"), str(tmp_path))
@@ -435,7 +440,7 @@ def test_killed_trial_resumes_killed_driver_relaunches_without_orphans(tmp_path)
 
     # kill -9 the driver while a new node trains; relaunch
     wider, _ = _spec(tmp_path, name="wider", grid={**BASE["grid"], "sparsities": [0.5, 0.7]},
-                     resources={"cpus_per_trial": 1, "max_retries": 2}, **longer)
+                     resources={"cpus_per_trial": 1, "max_retries_infra": 2}, **longer)
     proc = _launch(wider, _env(tmp_path, "b"), str(tmp_path))
     try:
         ckpt = _wait_until(lambda: glob.glob(os.path.join(artifacts, "mask_train", "*", "_checkpoint", "*.safetensors")),
@@ -472,8 +477,7 @@ def test_failed_launch_reads_as_one_line_traceback_in_events_log(tmp_path):
     """Issue 22: a launch whose fine-tuning diverges prints the plan, the failure table and the root cause
     once (about 20 lines in all: no Tune or Ray traceback); the traceback is in the store's events log.
     With --verbose it is on the console again."""
-    path, out = _spec(tmp_path, finetune={**BASE["finetune"], "lr": 1e30},
-                      resources={"cpus_per_trial": 1, "max_retries": 0})
+    path, out = _spec(tmp_path, finetune={**BASE["finetune"], "lr": 1e30}, resources={"cpus_per_trial": 1})
     code, text = _finish(_launch(path, _env(tmp_path, "q1"), str(tmp_path)))
     lines = text.splitlines()
     assert code == 1, text
@@ -482,17 +486,16 @@ def test_failed_launch_reads_as_one_line_traceback_in_events_log(tmp_path):
     assert len(causes) == 1 and causes[0].startswith("failed node "), text
     assert "Traceback" not in text and "Trial task failed" not in text and "(pid=" not in text, text
     assert "2 node(s) did not complete" in text and "upstream finetune" in text
-    logged = [e for e in ArtifactStore(os.path.join(out, "artifacts")).events()
-              if e["event"] == "log" and "Trial task failed" in e["message"]]
-    assert len(logged) == 1 and logged[0]["level"] == "ERROR"
-    assert "Traceback (most recent call last)" in logged[0]["message"]
-    assert "DivergenceError: training loss is nan" in logged[0]["message"]
+    logged = [e for e in ArtifactStore(os.path.join(out, "artifacts")).events() if e["event"] == "failed"]
+    assert len(logged) == 1 and logged[0]["stage"] == "finetune" and logged[0]["retried"] is False
+    assert "Traceback (most recent call last)" in logged[0]["traceback"]
+    assert "DivergenceError: training loss is nan" in logged[0]["traceback"]
     assert _no_orphans("q1") == []
     verbose = subprocess.Popen([sys.executable, "-m", "orchestrator.launch", path, "--no-figure", "--no-report",
                                 "--verbose"], env=_env(tmp_path, "q2"), cwd=str(tmp_path),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     code, text = _finish(verbose)
-    assert code == 1 and "Trial task failed" in text and "Traceback" in text, text
+    assert code == 1 and "Traceback" in text and "DivergenceError" in text, text  # the worker's log
     assert _no_orphans("q2") == []
 
 
@@ -550,3 +553,27 @@ def test_uri_store_corrupt_file_is_not_served_from_cache(tmp_path):
     _flip(cached, offset=5)
     assert open(good.fetch_verified("finetune", "k2", "weights.safetensors"), "rb").read() == b"x" * 100
     assert good.is_complete("finetune", "k2")
+
+
+def test_only_infrastructure_failures_are_retried(tmp_path):
+    """Issue 24 item 6: a retry resumes from the last checkpoint, which cures a lost machine or a network error,
+    never a divergence, bad data or a code error; the old retry count is refused with the new name."""
+    import ray.exceptions
+    import torch
+
+    from orchestrator.spec import SpecError, parse_spec
+    from srnet_core.train import DivergenceError
+    from workers.store import MissingOutputError
+    from workers.trainable import retryable
+
+    for err in (OSError("connection reset"), TimeoutError(), CorruptArtifactError("artifact x: sha256"),
+                torch.OutOfMemoryError("CUDA out of memory"), MemoryError(), ray.exceptions.RayError()):
+        assert retryable(err), err
+    for err in (DivergenceError("training loss is nan"), ValueError("bad label"), KeyError("x"), TypeError(),
+                MissingOutputError("lacks"), RuntimeError("node refused: other code"), AssertionError()):
+        assert not retryable(err), err
+    spec = {"name": "r", "output_dir": str(tmp_path), "grid": {"tasks": ["synthetic"], "backbones": ["tiny-bert"],
+                                                               "sparsities": [0.5], "seeds": [0]}}
+    assert parse_spec(spec).resources.max_retries_infra == 10
+    with pytest.raises(SpecError, match=r"max_retries is now resources.max_retries_infra"):
+        parse_spec({**spec, "resources": {"max_retries": 2}})

@@ -78,7 +78,7 @@ def test_smoke_sweep_rows_and_idempotent_relaunch(ray_env, tmp_path):
 def test_failed_node_exits_nonzero_and_is_recorded(ray_env, tmp_path):
     # a bad option value is now refused by the spec (exit 2); a diverging fine-tune fails inside its stage
     spec_changes = {"name": "fail", "task_options": {"synthetic": {"n_train": 64}},
-                    "finetune": {**SPEC["finetune"], "lr": 1e30}, "resources": {"cpus_per_trial": 1, "max_retries": 0},
+                    "finetune": {**SPEC["finetune"], "lr": 1e30}, "resources": {"cpus_per_trial": 1, "max_retries_infra": 0},
                     "grid": {**SPEC["grid"], "sparsities": [0.5]}}
     path, out = _write(tmp_path, **spec_changes)
     assert launch.main([path, "--no-figure"]) == 1

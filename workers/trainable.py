@@ -193,7 +193,41 @@ def result_frame(node: dict, rows: list[dict], started: float, ended: float) -> 
     return frame
 
 
+def retryable(err: BaseException) -> bool:
+    """Whether a retry can cure the failure: infrastructure (I/O and network errors, a lost object or actor,
+    memory) is retried from the last checkpoint; anything else is deterministic (divergence, bad data, a code
+    error, a refused node) and would only fail again, so it is not."""
+    import torch
+
+    if isinstance(err, (OSError, MemoryError, torch.OutOfMemoryError)):
+        return True  # CorruptArtifactError is a FileNotFoundError: the upstream re-runs, then the retry reads it
+    try:
+        from ray.exceptions import RayError
+    except ImportError:  # pragma: no cover - workers always run under Ray
+        return False
+    return isinstance(err, RayError)
+
+
+ERROR_KEY = "srnet_error"  # a trial's last result carries it when its node failed deterministically
+
+
 def stage_trainable(config: dict) -> None:
+    """Tune's function trainable: run one node. A deterministic failure ends the trial with ``ERROR_KEY`` in
+    its last result (Tune retries only what raises, up to resources.max_retries_infra times); its traceback
+    goes to the store's events log."""
     ctx = tune.get_context()  # a retry of this trial keeps its id, so it takes over its own lease at once
     owner = f"{ctx.get_experiment_name()}/{ctx.get_trial_id()}"
-    run_node(config["node"], report=lambda record: tune.report(flat_metrics(record)), owner=owner)
+    node = config["node"]
+    try:
+        run_node(node, report=lambda record: tune.report(flat_metrics(record)), owner=owner)
+    except Exception as err:  # noqa: BLE001 - sorted by cause below
+        if retryable(err):
+            raise
+        import sys
+        import traceback
+
+        text = "".join(traceback.format_exception(err))
+        print(text, file=sys.stderr)  # the worker's log: on the console only with --verbose (log_to_driver)
+        ArtifactStore(node["artifact_root"]).log_event("failed", node["stage"], node["key"], retried=False,
+                                                       traceback=text)
+        tune.report({ERROR_KEY: f"{type(err).__name__}: {' '.join(str(err).split())}"[:500]})
