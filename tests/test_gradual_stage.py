@@ -27,3 +27,33 @@ def test_gradual_stage_defaults_finish_at_final_sparsity_and_select_among_final_
     masks, _ = load_masks(f"{out}/masks.safetensors")
     for name, m in masks.items():
         assert int((~m).sum()) == int(np.floor(m.numel() * 0.8 + 1e-9)), name
+
+
+@pytest.mark.parametrize("score_scale", ["raw", "normalized"])
+def test_gradual_stage_reads_the_mask_score_scale(tmp_path, monkeypatch, score_scale):
+    """Issue 19 item 1: the gradual run's magnitude_soft scores follow mask.score_scale (raw: S = |W|, the
+    reference's; full_grid sets it); it used to build its MaskConfig without it, so always `normalized`."""
+    import torch
+
+    from srnet_core.pruning import gradual
+
+    initial = {}
+
+    class Recording(gradual.MaskSet):
+        def __init__(self, model, names, config, **kw):
+            super().__init__(model, names, config, **kw)
+            for n in names:
+                initial[n] = (self.parametrization(n).scores.detach().clone(), self.original(n).detach().abs().clone())
+
+    monkeypatch.setattr(gradual, "MaskSet", Recording)
+    cfg = {"stage": "mask_train", "task": "synthetic", "task_options": {"n_train": 64, "n_dev": 32, "n_ood": 32},
+           "backbone": "tiny-bert", "seed": 0, "max_length": 32, "device": "cpu", "sparsity": 0.8,
+           "gradual": {"initial": 0.5}, "mask": {"init": "magnitude_soft", "score_scale": score_scale},
+           "train": {"lr": 1e-3, "epochs": 1, "batch_size": 32, "eval_every": 2}}
+    run_stage(cfg, str(tmp_path / "g"))
+    assert initial
+    for name, (scores, magnitude) in initial.items():
+        if score_scale == "raw":
+            assert torch.equal(scores, magnitude), name
+        else:
+            assert float(scores.mean()) == pytest.approx(0.02, rel=1e-4), name
