@@ -57,3 +57,26 @@ def test_gradual_stage_reads_the_mask_score_scale(tmp_path, monkeypatch, score_s
             assert torch.equal(scores, magnitude), name
         else:
             assert float(scores.mean()) == pytest.approx(0.02, rel=1e-4), name
+
+
+def test_gradual_stage_reference_end_and_selection(tmp_path):
+    """Issue 19 item 2, the reference's gradual run: s_f reached at the last step (--final_sparsity_epoch =
+    the number of epochs) and the best ID-dev eval selected among those from 0.7 of training on, whatever
+    the schedule's sparsity then (its re-threshold-to-s_i bug aside)."""
+    cfg = {"stage": "mask_train", "task": "synthetic", "task_options": {"n_train": 96, "n_dev": 64, "n_ood": 64},
+           "backbone": "tiny-bert", "seed": 0, "max_length": 32, "device": "cpu", "sparsity": 0.8,
+           "gradual": {"initial": 0.5, "end": None, "select": "any"}, "mask": {"init": "magnitude_soft"},
+           "train": {"lr": 1e-2, "epochs": 3, "batch_size": 32, "eval_every": 2, "select_from": 0.7}}
+    out = str(tmp_path / "gradual")
+    rows = run_stage(cfg, out)
+    summary = json.load(open(f"{out}/summary.json"))
+    assert summary["final_sparsity_reached"] and summary["total_steps"] == 9
+    dev = {r["step"]: r["value"] for r in rows if r["eval_dataset"] == "dev" and r["metric"] == "accuracy"}
+    eligible = [s for s in dev if s >= 0.7 * 9]  # evals at steps 8 and 9
+    assert summary["best_step"] == max(eligible, key=lambda s: (dev[s], -s))
+    assert summary["target_sparsity_at_best"] <= 0.8 + 1e-9
+    # s(t) < s_f before the last step: the final sparsity is reached only at t_f = the end of training
+    if summary["best_step"] == 9:
+        assert summary["target_sparsity_at_best"] == pytest.approx(0.8)
+    else:
+        assert summary["target_sparsity_at_best"] < 0.8

@@ -223,7 +223,8 @@ def _paradigm_timing(f: NodeFactory, cell: Cell) -> None:
 def _paradigm_gradual(f: NodeFactory, cell: Cell) -> None:
     """Gradual: cubic schedule s_initial -> s_final during mask training of the std fine-tuned model."""
     gr = f.spec.paradigm_options.gradual
-    schedule = {"initial": gr.s_initial, "start": gr.start, "end": gr.end, "unit": gr.unit, "frequency": gr.frequency}
+    schedule = {"initial": gr.s_initial, "start": gr.start, "end": gr.end, "unit": gr.unit, "frequency": gr.frequency,
+                "select": gr.select}
     f.mask_train(cell, cell.ft_std, gr.loss, gr.s_final, "gradual", gradual=schedule,
                  extra_cols={"finetune_loss": "std", "s_initial": gr.s_initial})
 
