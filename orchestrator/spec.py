@@ -385,12 +385,20 @@ class SweepSpec(_Strict):
                         raise FieldError(where, f"unknown key '{key}'; known: {sorted(known)}")
             paradigms = set(self.paradigm_overrides) | {p for o in self.task_overrides.values() for p in o.by_paradigm}
             for task in self.grid.tasks:
-                for paradigm in [None, *sorted(paradigms)]:
+                variants = [(None, None, None)]
+                for paradigm in sorted(paradigms):
+                    tables = [self.paradigm_overrides.get(paradigm),
+                              self.task_overrides[task].by_paradigm.get(paradigm) if task in self.task_overrides else None]
+                    combos = {v for t in tables if t is not None for v in _paradigm_variants(t)} or {(None, None)}
+                    variants += [(paradigm, src, sp) for src, sp in sorted(combos, key=str)]
+                for paradigm, source, sparsity in variants:
                     if paradigm is None and task not in self.task_overrides:
                         continue
+                    detail = "".join(f", {k} {v}" for k, v in (("source", source), ("sparsity", sparsity)) if v is not None)
                     where = f"task_overrides.{task}.{section}" if paradigm is None else \
-                        f"paradigm_overrides.{paradigm}.{section} (task {task})"
-                    merged = {**self.train_config(section, task, 0, paradigm=paradigm),
+                        f"paradigm_overrides.{paradigm}.{section} (task {task}{detail})"
+                    merged = {**self.train_config(section, task, 0, paradigm=paradigm, source=source,
+                                                  sparsity=sparsity),
                               "seed": self.section(section).seed}
                     try:
                         checked = _TRAIN_ADAPTER.validate_python(merged)
@@ -445,17 +453,22 @@ class SweepSpec(_Strict):
             out.append((f"task_overrides.{task}.{section}", getattr(o, section)))
             out += [(f"task_overrides.{task}.by_loss.{section}.{loss}", v)
                     for loss, v in getattr(o.by_loss, section).items()]
-            out += [(f"task_overrides.{task}.by_paradigm.{p}.{section}", getattr(v, section))
-                    for p, v in o.by_paradigm.items()]
-        out += [(f"paradigm_overrides.{p}.{section}", getattr(v, section)) for p, v in self.paradigm_overrides.items()]
+            for p, v in o.by_paradigm.items():
+                out += _paradigm_sections(f"task_overrides.{task}.by_paradigm.{p}", v, section)
+        for p, v in self.paradigm_overrides.items():
+            out += _paradigm_sections(f"paradigm_overrides.{p}", v, section)
         return out
 
     def train_config(self, section: str, task: str, seed: int, loss: str | None = None,
-                     paradigm: str | None = None) -> dict:
+                     paradigm: str | None = None, source: str | None = None,
+                     sparsity: float | None = None) -> dict:
         """The TrainConfig of a training section for a task, loss and paradigm: the section,
         loss_overrides[section][loss], the task's overrides, the task's by_loss[section][loss],
-        paradigm_overrides[paradigm][section], the task's by_paradigm[paradigm][section], then the sweep-level
-        amp. An override touches only the nodes it applies to (their keys change, no other's)."""
+        paradigm_overrides[paradigm] (its section, by_sparsity[sparsity], by_source[source] and its
+        by_sparsity), the task's by_paradigm[paradigm] (the same), then the sweep-level amp. ``source``: what
+        the node's paradigm starts from or retrains (the OOD upper bound's base paradigm a / b / c; (b)'s mask
+        source imp_rw / mask_train). An override touches only the nodes it applies to (their keys change, no
+        other's)."""
         from dataclasses import asdict
 
         cfg = asdict(self.section(section))
@@ -468,9 +481,9 @@ class SweepSpec(_Strict):
                 cfg.update(getattr(overrides.by_loss, section).get(loss, {}))
         if paradigm is not None:
             if paradigm in self.paradigm_overrides:
-                cfg.update(getattr(self.paradigm_overrides[paradigm], section))
+                _apply_paradigm(cfg, self.paradigm_overrides[paradigm], section, source, sparsity)
             if overrides is not None and paradigm in overrides.by_paradigm:
-                cfg.update(getattr(overrides.by_paradigm[paradigm], section))
+                _apply_paradigm(cfg, overrides.by_paradigm[paradigm], section, source, sparsity)
         if self.amp is not None:
             cfg["amp"] = self.amp
         cfg["seed"] = seed
@@ -512,6 +525,44 @@ class SweepSpec(_Strict):
         return self.data_dir or (os.path.abspath(os.path.expanduser(env)) if env else None)
 
 
+def _sparsity_match(table: dict, sparsity: float | None) -> dict | None:
+    if sparsity is None:
+        return None
+    for s, v in table.items():
+        if abs(float(s) - float(sparsity)) < 1e-9:
+            return v
+    return None
+
+
+def _apply_paradigm(cfg: dict, o, section: str, source: str | None, sparsity: float | None) -> None:
+    """One paradigm's overrides in order: its section, by_sparsity, by_source.<source> (section, by_sparsity)."""
+    for level in (o, o.by_source.get(source) if source is not None else None):
+        if level is None:
+            continue
+        cfg.update(getattr(level, section))
+        by_s = _sparsity_match(level.by_sparsity, sparsity)
+        if by_s is not None:
+            cfg.update(getattr(by_s, section))
+
+
+def _paradigm_sections(where: str, o, section: str) -> list[tuple[str, dict]]:
+    out = [(f"{where}.{section}", getattr(o, section))]
+    out += [(f"{where}.by_sparsity.{s}.{section}", getattr(v, section)) for s, v in o.by_sparsity.items()]
+    for src, v in o.by_source.items():
+        out.append((f"{where}.by_source.{src}.{section}", getattr(v, section)))
+        out += [(f"{where}.by_source.{src}.by_sparsity.{s}.{section}", getattr(w, section))
+                for s, w in v.by_sparsity.items()]
+    return out
+
+
+def _paradigm_variants(o) -> list[tuple[str | None, float | None]]:
+    """(source, sparsity) combinations that select a distinct set of a paradigm's overrides."""
+    out = [(None, None)] + [(None, float(s)) for s in o.by_sparsity]
+    for src, v in o.by_source.items():
+        out += [(src, None)] + [(src, float(s)) for s in {*v.by_sparsity, *o.by_sparsity}]
+    return out
+
+
 _TRAIN_ADAPTER = TypeAdapter(TrainConfig)
 _MODELS: dict[tuple, type] = {}
 
@@ -535,13 +586,18 @@ def spec_model() -> type[SweepSpec]:
     loss_overrides = create_model("LossOverrides", __base__=_Strict,
                                   **{s: (dict[LossName, dict], {}) for s in sections})
     sections_model = create_model("SectionOverrides", __base__=_Strict, **{s: (dict, {}) for s in sections})
+    # per paradigm: its sections, then by_sparsity.<s>, then by_source.<source> (its sections, its by_sparsity)
+    sparsity_model = create_model("SparsityOverrides", __base__=sections_model,
+                                  by_sparsity=(dict[float, sections_model], {}))
+    paradigm_model = create_model("ParadigmOverrides", __base__=sparsity_model,
+                                  by_source=(dict[str, sparsity_model], {}))
     stage_overrides = create_model("StageOverrides", __base__=sections_model,
                                    by_loss=(loss_overrides, loss_overrides()),
-                                   by_paradigm=(dict[Literal[_PARADIGMS], sections_model], {}))
+                                   by_paradigm=(dict[Literal[_PARADIGMS], paradigm_model], {}))
     fields = {s: (TrainConfig, TrainConfig()) for s in sections}
     fields.update({k.options_section: (k.options, k.options()) for k in option_kinds()})
     fields.update(task_overrides=(dict[str, stage_overrides], {}), loss_overrides=(loss_overrides, loss_overrides()),
-                  paradigm_overrides=(dict[Literal[_PARADIGMS], sections_model], {}))
+                  paradigm_overrides=(dict[Literal[_PARADIGMS], paradigm_model], {}))
     model = create_model("SweepSpec", __base__=SweepSpec, **fields)
     _MODELS.clear()
     _MODELS[state] = model

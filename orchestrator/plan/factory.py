@@ -53,9 +53,11 @@ class NodeFactory:
         return existing  # identical work: one node, whoever asked first names it
 
     def base_config(self, stage: str, task: str, backbone: str, seed: int, loss: str, sparsity: float,
-                    task_options: dict | None = None, paradigm: str | None = None) -> dict:
+                    task_options: dict | None = None, paradigm: str | None = None, source: str | None = None
+                    ) -> dict:
         """The fields of a stage's config that it reads (its kind's key_fields), from the spec: its training
-        section (with the per-loss, per-task and per-paradigm overrides), its options section."""
+        section (with the per-loss, per-task and per-paradigm overrides; ``source`` and the sparsity select a
+        paradigm's by_source / by_sparsity overrides), its options section."""
         spec, kind = self.spec, get_kind(stage)
         cfg = {
             "stage": stage, "task": task,
@@ -67,7 +69,8 @@ class NodeFactory:
             "mask": {k: v for k, v in asdict(spec.mask).items() if k != "sparsity"},
         }
         if kind.train_section is not None:
-            train = spec.train_config(kind.train_section, task, seed, loss, paradigm)
+            train = spec.train_config(kind.train_section, task, seed, loss, paradigm, source,
+                                      sparsity if stage != "imp" and sparsity > 0 else None)
             cfg["train"] = train if kind.train_fields is None else {k: train[k] for k in kind.train_fields}
         if kind.options is not None:
             cfg[kind.options_key] = spec.options_of(stage)
@@ -132,11 +135,12 @@ class NodeFactory:
 
     def mask_train(self, cell: Cell, init: Node | None, loss: str, sparsity: float, paradigm: str, *,
                    task_options=None, gradual: dict | None = None, init_file: str = "weights.safetensors",
-                   train: dict | None = None, method: str = "mask_train", extra_cols=None) -> Node:
+                   train: dict | None = None, method: str = "mask_train", extra_cols=None,
+                   by_source: str | None = None) -> Node:
         """Mask training of ``init`` (None: the pre-trained model) at ``sparsity``; ``gradual``: a cubic
         schedule to it (scores start from |W|); ``train``: settings that differ from the spec's (a search's)."""
         task, backbone, seed = cell.task, cell.backbone, cell.seed
-        cfg = self.base_config("mask_train", task, backbone, seed, loss, sparsity, task_options, paradigm)
+        cfg = self.base_config("mask_train", task, backbone, seed, loss, sparsity, task_options, paradigm, by_source)
         cfg["train"]["select_from"] = SELECT_FROM_FINETUNED if init is not None else 0.0
         cfg["train"].update(train or {})
         cfg["mask_classifier"] = True
@@ -161,10 +165,10 @@ class NodeFactory:
             cell.task, cell.backbone, cell.seed, paradigm, loss, sparsity, method=method, **(extra_cols or {}))))
 
     def imp(self, cell: Cell, loss: str, init: Node | None, paradigm: str, extra_cols=None,
-            rewind: str = "none") -> Node:
+            rewind: str = "none", by_source: str | None = None) -> Node:
         """One IMP run: every level of the series (imp_levels), from ``init`` (None: the pre-trained model)."""
         cfg = self.base_config("imp", cell.task, cell.backbone, cell.seed, loss, max(self.imp_levels()),
-                               paradigm=paradigm)
+                               paradigm=paradigm, source=by_source)
         cfg["imp"]["rewind"] = rewind
         inputs = self.loss_inputs(cell.task, loss, cell.ft_std)
         if init is not None:
@@ -179,9 +183,12 @@ class NodeFactory:
         return imp_levels(get_kind("imp").make_options(self.spec.options_of("imp")))
 
     def retrain(self, cell: Cell, source: Node, mask_file: str, loss: str, sparsity: float, paradigm: str, *,
-                retrain_task=None, extra_cols=None) -> Node:
+                retrain_task=None, extra_cols=None, by_source: str | None = None) -> Node:
+        """Re-training of ``source``'s mask; ``by_source`` (the training overrides' by_source key): what is
+        retrained, e.g. (b)'s mask source imp_rw / mask_train (the reference's MNLI runs differ)."""
         t = retrain_task or cell.task
-        cfg = self.base_config("retrain", t, cell.backbone, cell.seed, loss, sparsity, paradigm=paradigm)
+        cfg = self.base_config("retrain", t, cell.backbone, cell.seed, loss, sparsity, paradigm=paradigm,
+                               source=by_source)
         inputs = self.loss_inputs(t, loss, None)
         inputs["mask_file"] = Input(source, mask_file)
         return self.add(Node("retrain", cfg, inputs, columns=self.columns(

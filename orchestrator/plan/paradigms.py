@@ -158,7 +158,7 @@ def _paradigm_b(f: NodeFactory, cell: Cell) -> None:
     po = f.spec.paradigm_options.b
     for source in po.mask_sources:
         if source == "imp_rw":
-            imp = f.imp(cell, "poe", None, "b", {}, rewind="pretrained")
+            imp = f.imp(cell, "poe", None, "b", {}, rewind="pretrained", by_source="imp_rw")
         for s in f.spec.grid.sparsities:
             if source == "imp_rw":
                 _check_imp_level(f, s)
@@ -167,7 +167,7 @@ def _paradigm_b(f: NodeFactory, cell: Cell) -> None:
                 src = f.mask_train(cell, cell.ft_std, "poe", s, "a", extra_cols={"finetune_loss": "std"})
                 mask_file = "masks.safetensors"
             for l1 in po.losses:
-                f.retrain(cell, src, mask_file, l1, s, "b", extra_cols={"mask_source": source})
+                f.retrain(cell, src, mask_file, l1, s, "b", extra_cols={"mask_source": source}, by_source=source)
 
 
 def _check_imp_level(f: NodeFactory, s: float) -> None:
@@ -194,13 +194,13 @@ def _paradigm_ood(f: NodeFactory, cell: Cell) -> None:
         for s in spec.grid.sparsities:
             if base == "c":
                 f.mask_train(cell, None, "std", s, "ood_upper_bound", task_options=ood_options,
-                             extra_cols={"base_paradigm": "c"})
+                             extra_cols={"base_paradigm": "c"}, by_source="c")
                 continue
             node = f.mask_train(cell, cell.ft_std, "std", s, "ood_upper_bound", task_options=ood_options,
-                                extra_cols={"base_paradigm": "a"})
+                                extra_cols={"base_paradigm": "a"}, by_source="a")
             if base == "b":
                 f.retrain(cell, node, "masks.safetensors", "std", s, "ood_upper_bound",
-                          extra_cols={"base_paradigm": "b"})
+                          extra_cols={"base_paradigm": "b"}, by_source="b")
 
 
 @paradigm("timing")
