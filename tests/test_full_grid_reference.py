@@ -142,3 +142,26 @@ def test_override_errors_name_the_nested_field():
     with pytest.raises(SpecError, match=r"ood_upper_bound\.mask_train \(task synthetic, source a, sparsity 0\.7\)\.epochs"):
         parse_spec({**BASE, "paradigm_overrides": {"ood_upper_bound": {"by_source": {"a": {"by_sparsity": {
             0.7: {"mask_train": {"epochs": -1}}}}}}}})
+
+
+def test_projection_follows_each_tasks_evaluation_cadence(plan):
+    """Item 8: the reference re-thresholds the masks at each evaluation (strict >): every 1,000 steps on MNLI
+    and QQP, 500 on FEVER; full_grid's `reproject_every: eval` plans exactly that per node."""
+    _, p = plan
+    for task, every in (("mnli", 1000), ("qqp", 1000), ("fever", 500)):
+        ns = nodes(p, stage="mask_train", task=task)
+        assert {n.stage_config["mask"]["reproject_every"] for n in ns} == {every}, task
+        assert all(n.stage_config["mask"]["reproject_every"] == train(n)["eval_every"] for n in ns)
+
+
+def test_reproject_every_eval_is_resolved_by_the_planner():
+    from srnet_core.masks import MaskConfig
+
+    spec = parse_spec({**BASE, "mask": {"reproject_every": "eval"}, "mask_train": {"eval_every": 7}})
+    p = build_plan(spec)
+    assert {n.stage_config["mask"]["reproject_every"] for n in p.nodes.values() if n.stage == "mask_train"} == {7}
+    MaskConfig(reproject_every="eval")  # valid in a spec...
+    import torch
+    with pytest.raises(ValueError, match="planner resolves"):  # ...never in a stage
+        from srnet_core.masks import MaskSet
+        MaskSet(torch.nn.Sequential(torch.nn.Linear(2, 2)), ["0"], MaskConfig(reproject_every="eval"))

@@ -72,6 +72,8 @@ class NodeFactory:
             train = spec.train_config(kind.train_section, task, seed, loss, paradigm, source,
                                       sparsity if stage != "imp" and sparsity > 0 else None)
             cfg["train"] = train if kind.train_fields is None else {k: train[k] for k in kind.train_fields}
+        if cfg["mask"]["reproject_every"] == "eval":  # the reference's cadence: re-threshold at each evaluation
+            cfg["mask"]["reproject_every"] = int(cfg.get("train", {}).get("eval_every", 1))
         if kind.options is not None:
             cfg[kind.options_key] = spec.options_of(stage)
         if kind.loss_inputs:
