@@ -164,9 +164,11 @@ class OODUpperBound(_Strict):
 
 
 class Timing(_Strict):
-    # Fractions of the std fine-tune's steps to start mask training from (its fixed checkpoint grid: 0.1, 0.2,
-    # ..., 0.9; orchestrator/plan.py); the end is added.
-    fractions: list[float] = Field(min_length=1)
+    # Where mask training starts (the end of fine-tuning is always added): absolute steps of the std fine-tune
+    # (its fixed step grid: every 5,000 steps below its end, orchestrator/plan/factory.py FT_CHECKPOINT_EVERY;
+    # the reference's 5000, 10000, 15000, 20000) and/or fractions of its steps (its fraction grid: 0.1, ..., 0.9)
+    steps: list[int] = []
+    fractions: list[float] = []
     sparsity: float = Field(0.7, gt=0, lt=1)
     loss: LossName = "poe"
 
@@ -178,6 +180,21 @@ class Timing(_Strict):
                 raise ValueError(f"fraction {f} must be inside (0, 1): a point of the fine-tuning to start mask "
                                  "training from (the end is always added)")
         return fractions
+
+    @field_validator("steps")
+    @classmethod
+    def _positive_steps(cls, steps):
+        for s in steps:
+            if s < 1:
+                raise ValueError(f"step {s} must be >= 1: a step of the fine-tuning to start mask training from")
+        return steps
+
+    @model_validator(mode="after")
+    def _some_start(self):
+        if not self.steps and not self.fractions:
+            raise ValueError("give the start points: steps (e.g. the reference's [5000, 10000, 15000, 20000]) "
+                             "and/or fractions")
+        return self
 
 
 class Gradual(_Strict):
@@ -370,7 +387,7 @@ class SweepSpec(_Strict):
                 if t not in TASKS:
                     raise ValueError(f"paradigm_options.transfer: unknown task '{t}'; known: {sorted(TASKS)}")
         if "timing" in self.grid.paradigms and self.paradigm_options.timing is None:
-            raise ValueError("paradigm_options.timing: grid.paradigms has 'timing' but no fractions are given")
+            raise ValueError("paradigm_options.timing: grid.paradigms has 'timing' but no steps or fractions are given")
         for section, names in (("task_options", self.task_options), ("task_overrides", self.task_overrides)):
             for task in names:
                 if task not in tasks:

@@ -165,3 +165,26 @@ def test_reproject_every_eval_is_resolved_by_the_planner():
     with pytest.raises(ValueError, match="planner resolves"):  # ...never in a stage
         from srnet_core.masks import MaskSet
         MaskSet(torch.nn.Sequential(torch.nn.Linear(2, 2)), ["0"], MaskConfig(reproject_every="eval"))
+
+
+def test_timing_starts_at_the_reference_steps(plan):
+    """Item 9: mask training (0.7, PoE) from the std fine-tune's weights at steps 5,000, 10,000, 15,000 and
+    20,000 on every task (and from the end); each fine-tune saves every 5,000 steps below its end."""
+    _, p = plan
+    for task in ("mnli", "qqp", "fever"):
+        (ft,) = nodes(p, stage="finetune", task=task, loss="std")
+        saved = ft.stage_config["save_steps"]
+        assert saved[:4] == [5000, 10000, 15000, 20000] and all(s % 5000 == 0 for s in saved)
+        starts = {n.columns["start_step"]: n.inputs["init_weights"].filename
+                  for n in nodes(p, stage="mask_train", paradigm="timing", task=task)}
+        for step in (5000, 10000, 15000, 20000):
+            assert starts[step] == f"weights_step{step}.safetensors", (task, step)
+
+
+def test_timing_steps_must_be_saved():
+    from orchestrator.spec import SpecError
+
+    d = {**BASE, "grid": {**BASE["grid"], "paradigms": ["timing"]},
+         "paradigm_options": {"timing": {"steps": [5000], "sparsity": 0.7, "loss": "std"}}}
+    with pytest.raises(SpecError, match=r"timing.steps: 5000 is not a saved checkpoint of the synthetic"):
+        build_plan(parse_spec(d))

@@ -82,7 +82,7 @@ def test_adding_the_conf_reg_loss(capsys):
 
 
 def test_adding_a_timing_fraction(base, capsys):
-    new = _new(base, plan_of(lambda d: d["paradigm_options"]["timing"]["fractions"].append(0.2)))
+    new = _new(base, plan_of(lambda d: d["paradigm_options"]["timing"].setdefault("fractions", []).append(0.2)))
     assert len(new) == 36 and all(n.columns["paradigm"] == "timing" for n in new)
     assert {n.inputs["init_weights"].filename for n in new} == {"weights_f0.2.safetensors"}
     _report("timing fraction", new, capsys)

@@ -150,3 +150,14 @@ def test_imp_gmp_structured_stages_write_their_artifacts(finetuned, tmp_path):
                "structured": {"rounds": 1, "importance_batches": 2}}, st_dir)
     heads = load_file(f"{st_dir}/structured.safetensors")
     assert int(heads["head_mask"].sum()) == heads["head_mask"].numel() // 2  # half of all heads kept
+
+
+def test_finetune_saves_absolute_step_checkpoints(tmp_path):
+    """save_steps (issue 19 item 9): weights_step<N> at each absolute step below the end (the reference's
+    timing runs start from steps 5,000 ... 20,000); a step at or past the end is skipped."""
+    out = str(tmp_path / "ft")
+    run_stage({**BASE, "stage": "finetune", "save_fractions": [0.5], "save_steps": [2, 5, 8, 20]}, out)  # 8 steps
+    assert sorted(f for f in os.listdir(out) if f.startswith("weights")) == [
+        "weights.safetensors", "weights_f0.5.safetensors", "weights_step2.safetensors", "weights_step5.safetensors"]
+    step2, step5 = load_file(f"{out}/weights_step2.safetensors"), load_file(f"{out}/weights_step5.safetensors")
+    assert any(not torch.equal(step2[k], step5[k]) for k in step2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from srnet_core.stages import checkpoint_file, checkpoint_step, get_kind
+from srnet_core.stages import checkpoint_file, checkpoint_step, get_kind, step_file
 from srnet_core.tasks import TASKS
 from srnet_core.train import TrainConfig
 
@@ -18,6 +18,10 @@ TEACHER_LOSSES = {"conf_reg", "kd"}  # need the std fine-tuned model's class pro
 # The std fine-tune's saved checkpoints: 10%, 20%, ..., 90% of its steps, whether or not the sweep has the
 # timing paradigm, so adding timing (or a search over start steps) never re-keys the fine-tune.
 FT_CHECKPOINT_FRACTIONS = tuple(round(0.1 * k, 1) for k in range(1, 10))
+# ...and on a fixed grid of absolute steps, every FT_CHECKPOINT_EVERY steps below its end (per task, since the
+# run lengths differ): the reference's timing runs start from steps 5,000, 10,000, 15,000 and 20,000 on every
+# task. Fixed too, so adding timing steps never re-keys the fine-tune.
+FT_CHECKPOINT_EVERY = 5000
 # Pruning a fine-tuned model: only evaluations from 70% of the run on may be selected (protocol 2).
 SELECT_FROM_FINETUNED = 0.7
 
@@ -131,6 +135,9 @@ class NodeFactory:
         cfg = self.base_config("finetune", task, backbone, seed, loss, 0.0, task_options, paradigm)
         if loss == "std":  # timing starts from these; always saved, so adding timing never re-keys the fine-tune
             cfg["save_fractions"] = list(FT_CHECKPOINT_FRACTIONS)
+            steps = self.checkpoint_steps(cfg)
+            if steps:  # (absent when the run is shorter than one grid step: small sweeps keep their keys)
+                cfg["save_steps"] = steps
         inputs = self.loss_inputs(task, loss, teacher_from, task_options)
         return self.add(Node("finetune", cfg, inputs,
                              columns=self.columns(task, backbone, seed, paradigm, loss, 0.0, finetune_loss=loss)))
@@ -201,3 +208,12 @@ class NodeFactory:
     def checkpoint(fraction: float, total: int) -> tuple[int, str]:
         """(step, file) of a fraction-grid checkpoint of a fine-tune of ``total`` steps."""
         return checkpoint_step(fraction, total), checkpoint_file(fraction)
+
+    def checkpoint_steps(self, ft_cfg: dict) -> list[int]:
+        """The absolute steps a std fine-tune of config ``ft_cfg`` saves (the step grid below its end)."""
+        total = self.total_steps(ft_cfg)
+        return list(range(FT_CHECKPOINT_EVERY, total, FT_CHECKPOINT_EVERY))
+
+    @staticmethod
+    def step_checkpoint(step: int) -> tuple[int, str]:
+        return int(step), step_file(step)

@@ -10,7 +10,7 @@ from typing import Callable
 from srnet_core.stages import level_file
 
 from ..spec import SpecError, SweepSpec
-from .factory import FT_CHECKPOINT_FRACTIONS, Cell, NodeFactory
+from .factory import FT_CHECKPOINT_EVERY, FT_CHECKPOINT_FRACTIONS, Cell, NodeFactory
 from .graph import Plan
 
 PARADIGMS: dict[str, Callable] = {}
@@ -205,9 +205,18 @@ def _paradigm_ood(f: NodeFactory, cell: Cell) -> None:
 
 @paradigm("timing")
 def _paradigm_timing(f: NodeFactory, cell: Cell) -> None:
-    """Timing: mask training from the std fine-tune's checkpoints at the given fractions, and from the end."""
+    """Timing: mask training from the std fine-tune's checkpoints at the given absolute steps (the reference's
+    5,000 ... 20,000) and fractions, and from the end."""
     t = f.spec.paradigm_options.timing
     total = f.total_steps(cell.ft_std.stage_config)
+    saved = cell.ft_std.stage_config.get("save_steps", [])
+    for step in sorted(set(t.steps)):
+        if step not in saved:
+            raise SpecError(f"paradigm_options.timing.steps: {step} is not a saved checkpoint of the {cell.task} "
+                            f"fine-tuning ({total} steps; saved every {FT_CHECKPOINT_EVERY} steps: {saved})")
+        step, file = f.step_checkpoint(step)
+        f.mask_train(cell, cell.ft_std, t.loss, t.sparsity, "timing", init_file=file,
+                     extra_cols={"start_step": step, "finetune_loss": "std"})
     for frac in sorted(set(t.fractions)):
         if not any(abs(frac - g) < 1e-9 for g in FT_CHECKPOINT_FRACTIONS):
             raise SpecError(f"paradigm_options.timing.fractions: {frac} is not a saved fine-tuning checkpoint; use "
