@@ -108,6 +108,16 @@ def test_bias_model_then_poe_finetune(tmp_path):
     assert len(table) == 400
     lp = np.stack(table["log_probs"].to_numpy())
     assert np.allclose(np.exp(lp).sum(1), 1.0, atol=1e-4)
+    # issue 19 item 10: its training-set accuracy and confidence are rows too (role "train")
+    train = {r["metric"]: r["value"] for r in rows if r["eval_role"] == "train"}
+    assert {r["eval_dataset"] for r in rows if r["eval_role"] == "train"} == {"train"}
+    from srnet_core.tasks import get_task
+    gold = np.asarray(get_task("synthetic", n_train=400, n_dev=200, n_ood=200).load("train").labels)
+    ids = list(get_task("synthetic", n_train=400, n_dev=200, n_ood=200).load("train").ids)
+    assert list(table["id"]) == ids
+    assert train["gold_confidence"] == pytest.approx(float(np.exp(lp[np.arange(400), gold]).mean()), rel=1e-5)
+    assert train["max_confidence"] == pytest.approx(float(np.exp(lp.max(1)).mean()), rel=1e-5)
+    assert train["accuracy"] == pytest.approx(float((lp.argmax(1) == gold).mean()))
     out = str(tmp_path / "poe")
     cfg = {**BASE, "task_options": {"n_train": 400, "n_dev": 200, "n_ood": 200}, "stage": "finetune", "loss": "poe",
            "bias_file": f"{bias_dir}/bias_train.parquet"}
