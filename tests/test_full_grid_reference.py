@@ -188,3 +188,29 @@ def test_timing_steps_must_be_saved():
          "paradigm_options": {"timing": {"steps": [5000], "sparsity": 0.7, "loss": "std"}}}
     with pytest.raises(SpecError, match=r"timing.steps: 5000 is not a saved checkpoint of the synthetic"):
         build_plan(parse_spec(d))
+
+
+def test_gradual_and_fixed_across_mask_training_epochs(plan):
+    """Item 11: gradual 0.7 -> 0.9 and fixed 0.9 (PoE, from the std fine-tuned model) at 1, 3, 5 and 7 epochs;
+    the fixed run at the task's own epochs is paradigm (a)'s PoE 0.9 node."""
+    _, p = plan
+    for task, own in (("mnli", 5), ("qqp", 7), ("fever", 7)):
+        grad = nodes(p, stage="mask_train", paradigm="gradual", task=task, schedule="gradual")
+        assert sorted(train(n)["epochs"] for n in grad) == [1, 3, 5, 7]
+        assert all(n.columns["mask_epochs"] == train(n)["epochs"] and n.stage_config["gradual"] for n in grad)
+        fixed = nodes(p, stage="mask_train", paradigm="gradual", task=task, schedule="fixed")
+        assert sorted(train(n)["epochs"] for n in fixed) == sorted({1, 3, 5, 7} - {own})
+        assert all(not n.stage_config.get("gradual") and n.stage_config["mask"]["init"] == "magnitude"
+                   and n.stage_config["sparsity"] == 0.9 and n.stage_config["loss"] == "poe" for n in fixed)
+        (a,) = nodes(p, stage="mask_train", paradigm="a", task=task, loss="poe", finetune_loss="std",
+                     target_sparsity=0.9)
+        assert train(a)["epochs"] == own
+
+
+def test_gradual_epochs_axis_rekeys_nothing():
+    d = {**BASE, "grid": {**BASE["grid"], "paradigms": ["a", "gradual"], "losses": ["poe"]}}
+    before = build_plan(parse_spec(d))
+    d2 = {**d, "paradigm_options": {**BASE["paradigm_options"],
+                                    "gradual": {"epochs": [1.0, 2.0], "fixed_baseline": True}}}
+    after = build_plan(parse_spec(d2))
+    assert set(before.nodes) <= set(after.nodes) and len(after.nodes) == len(before.nodes) + 3  # 2x1 + 1 fixed

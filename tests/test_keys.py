@@ -19,7 +19,7 @@ from orchestrator.spec import parse_spec
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 with open(os.path.join(REPO, "sweeps", "full_grid.yaml")) as f:
     FULL = yaml.safe_load(f)
-PER_CELL = 72  # nodes per (task, backbone, seed) in full_grid, bias models aside (asserted below)
+PER_CELL = 78  # nodes per (task, backbone, seed) in full_grid, bias models aside (asserted below)
 
 
 def plan_of(change=None):

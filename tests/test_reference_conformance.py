@@ -130,7 +130,16 @@ def compare(spec_path: str = os.path.join(REPO, "sweeps", "full_grid.yaml")):
             continue
         if node.stage in ("bias_model", "teacher"):
             continue
+        if node.columns.get("schedule") == "fixed" or (
+                node.columns.get("paradigm") == "gradual"
+                and node.columns.get("mask_epochs") != node.stage_config["train"]["epochs"]):
+            orphans.append(node_identity(node))  # never: mask_epochs is the node's own epochs
+            continue
         row = rows_by_id.get(node_identity(node))
+        if (row is not None and node.columns.get("paradigm") == "gradual"
+                and not _same(row["epochs"], node.columns.get("mask_epochs"))):
+            orphans.append(node_identity(node))  # the epochs axis beyond the reference's own run
+            continue
         if (row is None and node.columns.get("paradigm") == "timing"
                 and node.inputs["init_weights"].filename == "weights.safetensors"):
             row = timing_end_row(node, rows_by_id)

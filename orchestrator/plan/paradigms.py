@@ -234,8 +234,17 @@ def _paradigm_gradual(f: NodeFactory, cell: Cell) -> None:
     gr = f.spec.paradigm_options.gradual
     schedule = {"initial": gr.s_initial, "start": gr.start, "end": gr.end, "unit": gr.unit, "frequency": gr.frequency,
                 "select": gr.select}
-    f.mask_train(cell, cell.ft_std, gr.loss, gr.s_final, "gradual", gradual=schedule,
-                 extra_cols={"finetune_loss": "std", "s_initial": gr.s_initial})
+    # the epochs axis: a run at the section's own epochs is the same node as without the axis (same key)
+    own = f.spec.train_config("mask_train", cell.task, cell.seed, gr.loss, "gradual")["epochs"]
+    for epochs in gr.epochs or [own]:
+        train = None if epochs == own else {"epochs": epochs}
+        cols = {"finetune_loss": "std", "mask_epochs": float(epochs)}
+        f.mask_train(cell, cell.ft_std, gr.loss, gr.s_final, "gradual", gradual=schedule, train=train,
+                     extra_cols={**cols, "s_initial": gr.s_initial, "schedule": "gradual"})
+        if gr.fixed_baseline:  # fixed s_final from the start, same loss and epochs (at the section's epochs it is
+            # paradigm (a)'s node when (a) plans that loss: one node, named by (a))
+            f.mask_train(cell, cell.ft_std, gr.loss, gr.s_final, "gradual", train=train,
+                         extra_cols={**cols, "schedule": "fixed"})
 
 
 @paradigm("transfer", per_sweep=True)
