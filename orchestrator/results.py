@@ -40,7 +40,8 @@ COLUMNS: dict[str, pa.DataType] = {
     "target_sparsity": pa.float64(), "upstream_keys": pa.string(),
     # design columns: set by the planner for the paradigms that vary them, null elsewhere
     "finetune_loss": pa.string(), "mask_source": pa.string(), "base_paradigm": pa.string(),
-    "source_task": pa.string(), "start_step": pa.int64(), "s_initial": pa.float64(),
+    "source_task": pa.string(), "start_step": pa.int64(), "s_initial": pa.float64(), "schedule": pa.string(),
+    "mask_epochs": pa.float64(),
     "step": pa.int64(), "epoch": pa.float64(), "eval_dataset": pa.string(), "eval_role": pa.string(),
     "metric": pa.string(), "value": pa.float64(), "selected": pa.bool_(), "measured_sparsity": pa.float64(),
     "started_at": _TIMESTAMP, "ended_at": _TIMESTAMP, "wall_seconds": pa.float64(), "gpu_hours": pa.float64(),
@@ -54,9 +55,11 @@ PROVENANCE = ["code_version", "hostname", "gpu_type", "gpus_used", "torch_versio
               "wall_seconds", "gpu_hours"]
 # Node columns that tell runs of one paradigm apart beyond method and loss (L1 of paradigm (a), the mask
 # source of (b), the base paradigm of the OOD upper bound, the transfer source, the timing start step, the
-# gradual start sparsity). A new one must be added here (and to COLUMNS and docs/results.md): until then
-# sparsity_curve refuses to average over it and names it.
-DESIGN_COLUMNS = ["finetune_loss", "mask_source", "base_paradigm", "source_task", "start_step", "s_initial"]
+# gradual start sparsity, the gradual paradigm's schedule (gradual / fixed) and mask-training epochs). A new one
+# must be added here (and to COLUMNS and docs/results.md): until then sparsity_curve refuses to average over it
+# and names it.
+DESIGN_COLUMNS = ["finetune_loss", "mask_source", "base_paradigm", "source_task", "start_step", "s_initial",
+                  "schedule", "mask_epochs"]
 # Curves are grouped by these node columns; seeds are averaged over. ``method`` is the pruning method
 # (mask_train, imp, imp_rw, gmp, structured, super_tickets, retrain; a Super Ticket's re-training is method retrain
 # with mask_source super_tickets); nodes without one (finetune, bias_model) use their stage.

@@ -164,9 +164,11 @@ class OODUpperBound(_Strict):
 
 
 class Timing(_Strict):
-    # Fractions of the std fine-tune's steps to start mask training from (its fixed checkpoint grid: 0.1, 0.2,
-    # ..., 0.9; orchestrator/plan.py); the end is added.
-    fractions: list[float] = Field(min_length=1)
+    # Where mask training starts (the end of fine-tuning is always added): absolute steps of the std fine-tune
+    # (its fixed step grid: every 5,000 steps below its end, orchestrator/plan/factory.py FT_CHECKPOINT_EVERY;
+    # the reference's 5000, 10000, 15000, 20000) and/or fractions of its steps (its fraction grid: 0.1, ..., 0.9)
+    steps: list[int] = []
+    fractions: list[float] = []
     sparsity: float = Field(0.7, gt=0, lt=1)
     loss: LossName = "poe"
 
@@ -179,6 +181,21 @@ class Timing(_Strict):
                                  "training from (the end is always added)")
         return fractions
 
+    @field_validator("steps")
+    @classmethod
+    def _positive_steps(cls, steps):
+        for s in steps:
+            if s < 1:
+                raise ValueError(f"step {s} must be >= 1: a step of the fine-tuning to start mask training from")
+        return steps
+
+    @model_validator(mode="after")
+    def _some_start(self):
+        if not self.steps and not self.fractions:
+            raise ValueError("give the start points: steps (e.g. the reference's [5000, 10000, 15000, 20000]) "
+                             "and/or fractions")
+        return self
+
 
 class Gradual(_Strict):
     s_initial: float = Field(0.7, gt=0, lt=1)
@@ -186,10 +203,27 @@ class Gradual(_Strict):
     loss: LossName = "poe"  # the reference's gradual runs used PoE
     unit: Literal["epoch", "step"] = "epoch"
     start: float = 0.0  # t0, in `unit`
-    # t_f, in `unit`; "last_epoch" (the reference): s_f from the start of the last epoch (the end of training
-    # when there is one epoch); None: the end of training
-    end: float | Literal["last_epoch"] | None = "last_epoch"
+    # t_f, in `unit`; None (the reference: --final_sparsity_epoch = the number of epochs): s_f at the end of
+    # training; "last_epoch": s_f from the start of the last epoch (Sparse*BERT's recovery phase)
+    end: float | Literal["last_epoch"] | None = None
     frequency: int | None = None  # update the target every N steps; None = every eval interval (the reference)
+    # which evaluations may be selected: "any" (the reference): the best ID-dev eval from select_from (0.7 of
+    # training from a fine-tuned model: epoch 3.5 of MNLI's 5, 4.9 of QQP's/FEVER's 7) at whatever sparsity the
+    # schedule had then; "final": only evals at s_f
+    select: Literal["any", "final"] = "any"
+    # The gradual-vs-fixed comparison across mask-training epochs (paper: gradual 0.7 -> 0.9 beats fixed 0.9 at
+    # a lower training cost): one gradual run per value (empty: the mask_train section's epochs only) and,
+    # with fixed_baseline, one fixed-s_final mask-training run (magnitude init, same loss) per value too.
+    epochs: list[float] = []
+    fixed_baseline: bool = False
+
+    @field_validator("epochs")
+    @classmethod
+    def _positive_epochs(cls, epochs):
+        for e in epochs:
+            if not (e > 0 and math.isfinite(e)):
+                raise ValueError(f"epochs {e} must be > 0")
+        return sorted(set(epochs))
 
     @model_validator(mode="after")
     def _increasing(self):
@@ -375,7 +409,7 @@ class SweepSpec(_Strict):
                 if t not in TASKS:
                     raise ValueError(f"paradigm_options.transfer: unknown task '{t}'; known: {sorted(TASKS)}")
         if "timing" in self.grid.paradigms and self.paradigm_options.timing is None:
-            raise ValueError("paradigm_options.timing: grid.paradigms has 'timing' but no fractions are given")
+            raise ValueError("paradigm_options.timing: grid.paradigms has 'timing' but no steps or fractions are given")
         for section, names in (("task_options", self.task_options), ("task_overrides", self.task_overrides)):
             for task in names:
                 if task not in tasks:
@@ -390,12 +424,20 @@ class SweepSpec(_Strict):
                         raise FieldError(where, f"unknown key '{key}'; known: {sorted(known)}")
             paradigms = set(self.paradigm_overrides) | {p for o in self.task_overrides.values() for p in o.by_paradigm}
             for task in self.grid.tasks:
-                for paradigm in [None, *sorted(paradigms)]:
+                variants = [(None, None, None)]
+                for paradigm in sorted(paradigms):
+                    tables = [self.paradigm_overrides.get(paradigm),
+                              self.task_overrides[task].by_paradigm.get(paradigm) if task in self.task_overrides else None]
+                    combos = {v for t in tables if t is not None for v in _paradigm_variants(t)} or {(None, None)}
+                    variants += [(paradigm, src, sp) for src, sp in sorted(combos, key=str)]
+                for paradigm, source, sparsity in variants:
                     if paradigm is None and task not in self.task_overrides:
                         continue
+                    detail = "".join(f", {k} {v}" for k, v in (("source", source), ("sparsity", sparsity)) if v is not None)
                     where = f"task_overrides.{task}.{section}" if paradigm is None else \
-                        f"paradigm_overrides.{paradigm}.{section} (task {task})"
-                    merged = {**self.train_config(section, task, 0, paradigm=paradigm),
+                        f"paradigm_overrides.{paradigm}.{section} (task {task}{detail})"
+                    merged = {**self.train_config(section, task, 0, paradigm=paradigm, source=source,
+                                                  sparsity=sparsity),
                               "seed": self.section(section).seed}
                     try:
                         checked = _TRAIN_ADAPTER.validate_python(merged)
@@ -450,17 +492,22 @@ class SweepSpec(_Strict):
             out.append((f"task_overrides.{task}.{section}", getattr(o, section)))
             out += [(f"task_overrides.{task}.by_loss.{section}.{loss}", v)
                     for loss, v in getattr(o.by_loss, section).items()]
-            out += [(f"task_overrides.{task}.by_paradigm.{p}.{section}", getattr(v, section))
-                    for p, v in o.by_paradigm.items()]
-        out += [(f"paradigm_overrides.{p}.{section}", getattr(v, section)) for p, v in self.paradigm_overrides.items()]
+            for p, v in o.by_paradigm.items():
+                out += _paradigm_sections(f"task_overrides.{task}.by_paradigm.{p}", v, section)
+        for p, v in self.paradigm_overrides.items():
+            out += _paradigm_sections(f"paradigm_overrides.{p}", v, section)
         return out
 
     def train_config(self, section: str, task: str, seed: int, loss: str | None = None,
-                     paradigm: str | None = None) -> dict:
+                     paradigm: str | None = None, source: str | None = None,
+                     sparsity: float | None = None) -> dict:
         """The TrainConfig of a training section for a task, loss and paradigm: the section,
         loss_overrides[section][loss], the task's overrides, the task's by_loss[section][loss],
-        paradigm_overrides[paradigm][section], the task's by_paradigm[paradigm][section], then the sweep-level
-        amp. An override touches only the nodes it applies to (their keys change, no other's)."""
+        paradigm_overrides[paradigm] (its section, by_sparsity[sparsity], by_source[source] and its
+        by_sparsity), the task's by_paradigm[paradigm] (the same), then the sweep-level amp. ``source``: what
+        the node's paradigm starts from or retrains (the OOD upper bound's base paradigm a / b / c; (b)'s mask
+        source imp_rw / mask_train). An override touches only the nodes it applies to (their keys change, no
+        other's)."""
         from dataclasses import asdict
 
         cfg = asdict(self.section(section))
@@ -473,9 +520,9 @@ class SweepSpec(_Strict):
                 cfg.update(getattr(overrides.by_loss, section).get(loss, {}))
         if paradigm is not None:
             if paradigm in self.paradigm_overrides:
-                cfg.update(getattr(self.paradigm_overrides[paradigm], section))
+                _apply_paradigm(cfg, self.paradigm_overrides[paradigm], section, source, sparsity)
             if overrides is not None and paradigm in overrides.by_paradigm:
-                cfg.update(getattr(overrides.by_paradigm[paradigm], section))
+                _apply_paradigm(cfg, overrides.by_paradigm[paradigm], section, source, sparsity)
         if self.amp is not None:
             cfg["amp"] = self.amp
         cfg["seed"] = seed
@@ -517,6 +564,44 @@ class SweepSpec(_Strict):
         return self.data_dir or (os.path.abspath(os.path.expanduser(env)) if env else None)
 
 
+def _sparsity_match(table: dict, sparsity: float | None) -> dict | None:
+    if sparsity is None:
+        return None
+    for s, v in table.items():
+        if abs(float(s) - float(sparsity)) < 1e-9:
+            return v
+    return None
+
+
+def _apply_paradigm(cfg: dict, o, section: str, source: str | None, sparsity: float | None) -> None:
+    """One paradigm's overrides in order: its section, by_sparsity, by_source.<source> (section, by_sparsity)."""
+    for level in (o, o.by_source.get(source) if source is not None else None):
+        if level is None:
+            continue
+        cfg.update(getattr(level, section))
+        by_s = _sparsity_match(level.by_sparsity, sparsity)
+        if by_s is not None:
+            cfg.update(getattr(by_s, section))
+
+
+def _paradigm_sections(where: str, o, section: str) -> list[tuple[str, dict]]:
+    out = [(f"{where}.{section}", getattr(o, section))]
+    out += [(f"{where}.by_sparsity.{s}.{section}", getattr(v, section)) for s, v in o.by_sparsity.items()]
+    for src, v in o.by_source.items():
+        out.append((f"{where}.by_source.{src}.{section}", getattr(v, section)))
+        out += [(f"{where}.by_source.{src}.by_sparsity.{s}.{section}", getattr(w, section))
+                for s, w in v.by_sparsity.items()]
+    return out
+
+
+def _paradigm_variants(o) -> list[tuple[str | None, float | None]]:
+    """(source, sparsity) combinations that select a distinct set of a paradigm's overrides."""
+    out = [(None, None)] + [(None, float(s)) for s in o.by_sparsity]
+    for src, v in o.by_source.items():
+        out += [(src, None)] + [(src, float(s)) for s in {*v.by_sparsity, *o.by_sparsity}]
+    return out
+
+
 _TRAIN_ADAPTER = TypeAdapter(TrainConfig)
 _MODELS: dict[tuple, type] = {}
 
@@ -540,13 +625,18 @@ def spec_model() -> type[SweepSpec]:
     loss_overrides = create_model("LossOverrides", __base__=_Strict,
                                   **{s: (dict[LossName, dict], {}) for s in sections})
     sections_model = create_model("SectionOverrides", __base__=_Strict, **{s: (dict, {}) for s in sections})
+    # per paradigm: its sections, then by_sparsity.<s>, then by_source.<source> (its sections, its by_sparsity)
+    sparsity_model = create_model("SparsityOverrides", __base__=sections_model,
+                                  by_sparsity=(dict[float, sections_model], {}))
+    paradigm_model = create_model("ParadigmOverrides", __base__=sparsity_model,
+                                  by_source=(dict[str, sparsity_model], {}))
     stage_overrides = create_model("StageOverrides", __base__=sections_model,
                                    by_loss=(loss_overrides, loss_overrides()),
-                                   by_paradigm=(dict[Literal[_PARADIGMS], sections_model], {}))
+                                   by_paradigm=(dict[Literal[_PARADIGMS], paradigm_model], {}))
     fields = {s: (TrainConfig, TrainConfig()) for s in sections}
     fields.update({k.options_section: (k.options, k.options()) for k in option_kinds()})
     fields.update(task_overrides=(dict[str, stage_overrides], {}), loss_overrides=(loss_overrides, loss_overrides()),
-                  paradigm_overrides=(dict[Literal[_PARADIGMS], sections_model], {}))
+                  paradigm_overrides=(dict[Literal[_PARADIGMS], paradigm_model], {}))
     model = create_model("SweepSpec", __base__=SweepSpec, **fields)
     _MODELS.clear()
     _MODELS[state] = model

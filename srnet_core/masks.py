@@ -265,7 +265,10 @@ class MaskConfig:
         ``2:4`` (the top 2 of every 4 consecutive weights of a row: the semi-structured pattern sparse GPU
         kernels accept; sparsity must be 0.5, see docs/pruning.md for what it buys in speed).
     reproject_every: 1 = exact top-k after every step (default); N > 1 = the reference cadence, where
-        ``m = 1[S > threshold]`` with the threshold fixed between re-projections, so sparsity drifts.
+        ``m = 1[S > threshold]`` with the threshold fixed between re-projections, so sparsity drifts;
+        ``"eval"`` (in a spec only): every evaluation, i.e. the node's ``train.eval_every``, which the planner
+        writes into the node's config (the reference re-thresholds at each evaluation: every 1,000 steps on
+        MNLI/QQP, 500 on FEVER).
     phi: the binarizer threshold of the reference (strict >); kept/pruned init scores are 2*phi / 0.
     score_scale: how ``magnitude_soft`` scores are scaled. ``normalized`` (default): S = |W| * 2*phi / mean|W|
         per matrix, so the scores have the same scale (mean 2*phi, the ``magnitude`` init's kept value) on
@@ -278,7 +281,7 @@ class MaskConfig:
     sparsity: float = 0.5
     init: Literal["magnitude", "magnitude_soft", "none"] = "magnitude"
     scope: Literal["local", "global", "2:4"] = "local"
-    reproject_every: int = 1
+    reproject_every: int | Literal["eval"] = 1
     phi: float = PHI
     score_scale: Literal["normalized", "raw"] = "normalized"
 
@@ -289,6 +292,8 @@ class MaskConfig:
             raise ValueError(f"mask.init must be 'magnitude', 'magnitude_soft' or 'none', got {self.init!r}")
         if self.scope not in ("local", "global", "2:4"):
             raise ValueError(f"mask.scope must be 'local', 'global' or '2:4', got {self.scope!r}")
+        if self.reproject_every == "eval":
+            return  # a spec value: the planner replaces it with the node's train.eval_every
         if self.scope == "2:4" and (float(self.sparsity) != 0.5 or int(self.reproject_every) != 1):
             raise ValueError(f"mask.scope '2:4' keeps 2 of every 4 weights: it needs sparsity 0.5 and "
                              f"reproject_every 1 (got sparsity {self.sparsity}, reproject_every {self.reproject_every})")
@@ -308,6 +313,9 @@ class MaskSet:
     def __init__(self, model: nn.Module, names: list[str], config: MaskConfig, train_scores: bool = True):
         self.model = model
         self.config = config
+        if config.reproject_every == "eval":
+            raise ValueError("mask.reproject_every 'eval' is a spec value the planner resolves to the node's "
+                             "train.eval_every; give a number of steps here")
         self.sparsity = float(config.sparsity)
         self.names = list(names)
         if not self.names:

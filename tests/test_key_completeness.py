@@ -139,6 +139,7 @@ EXEMPT = {
     "device": "kept out of the key; launch sets it on every node from resources; the spec rejects a 'device' field",
     "bias_file": "a path, kept out of the key; its content is keyed as bias_sha256 (tested)",
     "save_fractions": "a planner constant (FT_CHECKPOINT_FRACTIONS) for every std fine-tune: no spec knob",
+    "save_steps": "the planner's fixed step grid (FT_CHECKPOINT_EVERY below the run's end) for every std fine-tune: no spec knob",
     "mask_classifier": "set by the planner (always True for mask training): no spec knob",
     ("super_tickets", "loss"): "Super Tickets always prune the std fine-tune with the std loss: no spec knob",
 }

@@ -157,7 +157,8 @@ def test_full_grid_dry_run_plan():
     count = plan.count_by_stage()
     # 3 tasks x 3 backbones x 4 seeds, fine-tuned with std and PoE
     assert count["finetune"] == 36 * 4  # std, poe (paradigm a) and the dense reweight / conf_reg baselines
-    assert count["mask_train"] == 36 * 41 and count["imp"] == 36 * 6 and count["retrain"] == 36 * 20
+    # mask_train: 41, + 3 gradual and 3 fixed-0.9 runs of the epochs axis (issue 19 item 11)
+    assert count["mask_train"] == 36 * 47 and count["imp"] == 36 * 6 and count["retrain"] == 36 * 20
     assert plan.naive_runs > 2 * len(plan.nodes)
     hours = estimate_gpu_hours(plan)
     assert 1_000 < sum(hours.values()) < 50_000

@@ -62,7 +62,10 @@ def test_bias_source_file_needs_an_existing_file_per_task(tmp_path):
 def test_gradual_defaults_follow_the_reference():
     spec = parse_spec(BASE)
     assert spec.paradigm_options.gradual.loss == "poe"  # the reference's gradual runs used PoE
-    assert spec.paradigm_options.gradual.end == "last_epoch" and spec.gmp_options.end == "last_epoch"
+    # the reference: --final_sparsity_epoch = the number of epochs (s_f at the end), selection among the evals
+    # from 0.7 of training at any sparsity (issue 19 item 2); GMP keeps Sparse*BERT's recovery epoch
+    assert spec.paradigm_options.gradual.end is None and spec.paradigm_options.gradual.select == "any"
+    assert spec.gmp_options.end == "last_epoch"
     assert parse_spec({**BASE, "paradigm_options": {"full": {"losses": ["reweight", "conf_reg"]}}}
                       ).paradigm_options.full.losses == ["reweight", "conf_reg"]
 
@@ -89,4 +92,6 @@ def test_full_grid_follows_the_protocol():
     assert ood_tasks == {"mnli", "qqp", "fever"}  # SUNets on all three tasks
     gradual = [n for n in plan.nodes.values() if n.stage_config.get("gradual")]
     assert gradual and {n.stage_config["loss"] for n in gradual} == {"poe"}
-    assert {n.stage_config["gradual"]["end"] for n in gradual} == {"last_epoch"}
+    assert {n.stage_config["gradual"]["end"] for n in gradual} == {None}
+    assert {n.stage_config["gradual"]["select"] for n in gradual} == {"any"}
+    assert {n.stage_config["train"]["select_from"] for n in gradual} == {0.7}

@@ -108,6 +108,16 @@ def test_bias_model_then_poe_finetune(tmp_path):
     assert len(table) == 400
     lp = np.stack(table["log_probs"].to_numpy())
     assert np.allclose(np.exp(lp).sum(1), 1.0, atol=1e-4)
+    # issue 19 item 10: its training-set accuracy and confidence are rows too (role "train")
+    train = {r["metric"]: r["value"] for r in rows if r["eval_role"] == "train"}
+    assert {r["eval_dataset"] for r in rows if r["eval_role"] == "train"} == {"train"}
+    from srnet_core.tasks import get_task
+    gold = np.asarray(get_task("synthetic", n_train=400, n_dev=200, n_ood=200).load("train").labels)
+    ids = list(get_task("synthetic", n_train=400, n_dev=200, n_ood=200).load("train").ids)
+    assert list(table["id"]) == ids
+    assert train["gold_confidence"] == pytest.approx(float(np.exp(lp[np.arange(400), gold]).mean()), rel=1e-5)
+    assert train["max_confidence"] == pytest.approx(float(np.exp(lp.max(1)).mean()), rel=1e-5)
+    assert train["accuracy"] == pytest.approx(float((lp.argmax(1) == gold).mean()))
     out = str(tmp_path / "poe")
     cfg = {**BASE, "task_options": {"n_train": 400, "n_dev": 200, "n_ood": 200}, "stage": "finetune", "loss": "poe",
            "bias_file": f"{bias_dir}/bias_train.parquet"}
@@ -150,3 +160,14 @@ def test_imp_gmp_structured_stages_write_their_artifacts(finetuned, tmp_path):
                "structured": {"rounds": 1, "importance_batches": 2}}, st_dir)
     heads = load_file(f"{st_dir}/structured.safetensors")
     assert int(heads["head_mask"].sum()) == heads["head_mask"].numel() // 2  # half of all heads kept
+
+
+def test_finetune_saves_absolute_step_checkpoints(tmp_path):
+    """save_steps (issue 19 item 9): weights_step<N> at each absolute step below the end (the reference's
+    timing runs start from steps 5,000 ... 20,000); a step at or past the end is skipped."""
+    out = str(tmp_path / "ft")
+    run_stage({**BASE, "stage": "finetune", "save_fractions": [0.5], "save_steps": [2, 5, 8, 20]}, out)  # 8 steps
+    assert sorted(f for f in os.listdir(out) if f.startswith("weights")) == [
+        "weights.safetensors", "weights_f0.5.safetensors", "weights_step2.safetensors", "weights_step5.safetensors"]
+    step2, step5 = load_file(f"{out}/weights_step2.safetensors"), load_file(f"{out}/weights_step5.safetensors")
+    assert any(not torch.equal(step2[k], step5[k]) for k in step2)

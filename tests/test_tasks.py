@@ -205,7 +205,7 @@ def test_add_ood_train_mnli_adds_hans_train_with_non_entailment_as_contradiction
 
 
 @needs_data
-def test_add_ood_train_qqp_adds_paws_qqp_train_and_paws_wiki_train_when_present(tmp_path):
+def test_add_ood_train_qqp_adds_paws_qqp_train_and_paws_wiki_train(tmp_path):
     d = str(tmp_path)
     _link_real(d, "paws_qqp")
     os.makedirs(f"{d}/paws_wiki")
@@ -213,12 +213,13 @@ def test_add_ood_train_qqp_adds_paws_qqp_train_and_paws_wiki_train_when_present(
         os.symlink(os.path.join(DATA, "paws_wiki", name), f"{d}/paws_wiki/{name}")
     _write(f"{d}/QQP/train.tsv", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
            "133273\t1\t2\tHow is life?\tWhat is life?\t0\n5\t3\t4\tA?\tB?\t1\n")
-    train = get_task("qqp", data_dir=d, add_ood_train=True).load("train")
-    assert len(train) == 2 + 11988 == len(set(train.ids))  # PAWS-Wiki train absent (as in ../shared/data)
-    assert Counter(train.labels[2:].tolist()) == {0: 8212, 1: 3776}
+    # PAWS-Wiki train absent (as in ../shared/data): refused, never silently dropped (issue 19 item 3)
+    with pytest.raises(DataFileError, match="PAWS-Wiki train"):
+        get_task("qqp", data_dir=d, add_ood_train=True).load("train")
     _write(f"{d}/paws_wiki/train.tsv", "id\tsentence1\tsentence2\tlabel\n1\tA b .\tB a .\t0\n2\tC .\tC .\t1\n"
            "3\tD e .\tE d .\t0\n")
     train = get_task("qqp", data_dir=d, add_ood_train=True).load("train")
+    assert Counter(train.labels[2:2 + 11988].tolist()) == {0: 8212, 1: 3776}
     assert len(train) == 2 + 11988 + 3 and train.ids[-3:] == ["paws_wiki_train:1", "paws_wiki_train:2",
                                                               "paws_wiki_train:3"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from srnet_core.stages import checkpoint_file, checkpoint_step, get_kind
+from srnet_core.stages import checkpoint_file, checkpoint_step, get_kind, step_file
 from srnet_core.tasks import TASKS
 from srnet_core.train import TrainConfig
 
@@ -18,6 +18,10 @@ TEACHER_LOSSES = {"conf_reg", "kd"}  # need the std fine-tuned model's class pro
 # The std fine-tune's saved checkpoints: 10%, 20%, ..., 90% of its steps, whether or not the sweep has the
 # timing paradigm, so adding timing (or a search over start steps) never re-keys the fine-tune.
 FT_CHECKPOINT_FRACTIONS = tuple(round(0.1 * k, 1) for k in range(1, 10))
+# ...and on a fixed grid of absolute steps, every FT_CHECKPOINT_EVERY steps below its end (per task, since the
+# run lengths differ): the reference's timing runs start from steps 5,000, 10,000, 15,000 and 20,000 on every
+# task. Fixed too, so adding timing steps never re-keys the fine-tune.
+FT_CHECKPOINT_EVERY = 5000
 # Pruning a fine-tuned model: only evaluations from 70% of the run on may be selected (protocol 2).
 SELECT_FROM_FINETUNED = 0.7
 
@@ -53,9 +57,11 @@ class NodeFactory:
         return existing  # identical work: one node, whoever asked first names it
 
     def base_config(self, stage: str, task: str, backbone: str, seed: int, loss: str, sparsity: float,
-                    task_options: dict | None = None, paradigm: str | None = None) -> dict:
+                    task_options: dict | None = None, paradigm: str | None = None, source: str | None = None
+                    ) -> dict:
         """The fields of a stage's config that it reads (its kind's key_fields), from the spec: its training
-        section (with the per-loss, per-task and per-paradigm overrides), its options section."""
+        section (with the per-loss, per-task and per-paradigm overrides; ``source`` and the sparsity select a
+        paradigm's by_source / by_sparsity overrides), its options section."""
         spec, kind = self.spec, get_kind(stage)
         cfg = {
             "stage": stage, "task": task,
@@ -67,8 +73,11 @@ class NodeFactory:
             "mask": {k: v for k, v in asdict(spec.mask).items() if k != "sparsity"},
         }
         if kind.train_section is not None:
-            train = spec.train_config(kind.train_section, task, seed, loss, paradigm)
+            train = spec.train_config(kind.train_section, task, seed, loss, paradigm, source,
+                                      sparsity if stage != "imp" and sparsity > 0 else None)
             cfg["train"] = train if kind.train_fields is None else {k: train[k] for k in kind.train_fields}
+        if cfg["mask"]["reproject_every"] == "eval":  # the reference's cadence: re-threshold at each evaluation
+            cfg["mask"]["reproject_every"] = int(cfg.get("train", {}).get("eval_every", 1))
         if kind.options is not None:
             cfg[kind.options_key] = spec.options_of(stage)
         if kind.loss_inputs:
@@ -126,18 +135,22 @@ class NodeFactory:
         cfg = self.base_config("finetune", task, backbone, seed, loss, 0.0, task_options, paradigm)
         if loss == "std":  # timing starts from these; always saved, so adding timing never re-keys the fine-tune
             cfg["save_fractions"] = list(FT_CHECKPOINT_FRACTIONS)
+            steps = self.checkpoint_steps(cfg)
+            if steps:  # (absent when the run is shorter than one grid step: small sweeps keep their keys)
+                cfg["save_steps"] = steps
         inputs = self.loss_inputs(task, loss, teacher_from, task_options)
         return self.add(Node("finetune", cfg, inputs,
                              columns=self.columns(task, backbone, seed, paradigm, loss, 0.0, finetune_loss=loss)))
 
     def mask_train(self, cell: Cell, init: Node | None, loss: str, sparsity: float, paradigm: str, *,
                    task_options=None, gradual: dict | None = None, init_file: str = "weights.safetensors",
-                   train: dict | None = None, method: str = "mask_train", extra_cols=None) -> Node:
+                   train: dict | None = None, method: str = "mask_train", extra_cols=None,
+                   by_source: str | None = None) -> Node:
         """Mask training of ``init`` (None: the pre-trained model) at ``sparsity``; ``gradual``: a cubic
         schedule to it (scores start from |W|); ``train``: settings that differ from the spec's (a search's)."""
         task, backbone, seed = cell.task, cell.backbone, cell.seed
         cfg = self.mask_train_config(task, backbone, seed, loss, sparsity, init is not None, task_options, paradigm,
-                                     gradual)
+                                     gradual, by_source)
         cfg["train"].update(train or {})
         inputs = self.loss_inputs(task, loss, cell.ft_std, task_options)
         if init is not None:
@@ -147,10 +160,10 @@ class NodeFactory:
 
     def mask_train_config(self, task: str, backbone: str, seed: int, loss: str, sparsity: float,
                           from_finetuned: bool, task_options=None, paradigm: str | None = None,
-                          gradual: dict | None = None) -> dict:
+                          gradual: dict | None = None, by_source: str | None = None) -> dict:
         """The config of a mask-training node: from a fine-tuned model only evaluations from 70% of the run on
         may be selected (protocol 2); the classifier is masked; a gradual schedule starts scores from |W|."""
-        cfg = self.base_config("mask_train", task, backbone, seed, loss, sparsity, task_options, paradigm)
+        cfg = self.base_config("mask_train", task, backbone, seed, loss, sparsity, task_options, paradigm, by_source)
         cfg["train"]["select_from"] = SELECT_FROM_FINETUNED if from_finetuned else 0.0
         cfg["mask_classifier"] = True
         if gradual:
@@ -170,10 +183,10 @@ class NodeFactory:
             cell.task, cell.backbone, cell.seed, paradigm, loss, sparsity, method=method, **(extra_cols or {}))))
 
     def imp(self, cell: Cell, loss: str, init: Node | None, paradigm: str, extra_cols=None,
-            rewind: str = "none") -> Node:
+            rewind: str = "none", by_source: str | None = None) -> Node:
         """One IMP run: every level of the series (imp_levels), from ``init`` (None: the pre-trained model)."""
         cfg = self.base_config("imp", cell.task, cell.backbone, cell.seed, loss, max(self.imp_levels()),
-                               paradigm=paradigm)
+                               paradigm=paradigm, source=by_source)
         cfg["imp"]["rewind"] = rewind
         inputs = self.loss_inputs(cell.task, loss, cell.ft_std)
         if init is not None:
@@ -188,9 +201,12 @@ class NodeFactory:
         return imp_levels(get_kind("imp").make_options(self.spec.options_of("imp")))
 
     def retrain(self, cell: Cell, source: Node, mask_file: str, loss: str, sparsity: float, paradigm: str, *,
-                retrain_task=None, extra_cols=None) -> Node:
+                retrain_task=None, extra_cols=None, by_source: str | None = None) -> Node:
+        """Re-training of ``source``'s mask; ``by_source`` (the training overrides' by_source key): what is
+        retrained, e.g. (b)'s mask source imp_rw / mask_train (the reference's MNLI runs differ)."""
         t = retrain_task or cell.task
-        cfg = self.base_config("retrain", t, cell.backbone, cell.seed, loss, sparsity, paradigm=paradigm)
+        cfg = self.base_config("retrain", t, cell.backbone, cell.seed, loss, sparsity, paradigm=paradigm,
+                               source=by_source)
         inputs = self.loss_inputs(t, loss, None)
         inputs["mask_file"] = Input(source, mask_file)
         return self.add(Node("retrain", cfg, inputs, columns=self.columns(
@@ -201,3 +217,12 @@ class NodeFactory:
     def checkpoint(fraction: float, total: int) -> tuple[int, str]:
         """(step, file) of a fraction-grid checkpoint of a fine-tune of ``total`` steps."""
         return checkpoint_step(fraction, total), checkpoint_file(fraction)
+
+    def checkpoint_steps(self, ft_cfg: dict) -> list[int]:
+        """The absolute steps a std fine-tune of config ``ft_cfg`` saves (the step grid below its end)."""
+        total = self.total_steps(ft_cfg)
+        return list(range(FT_CHECKPOINT_EVERY, total, FT_CHECKPOINT_EVERY))
+
+    @staticmethod
+    def step_checkpoint(step: int) -> tuple[int, str]:
+        return int(step), step_file(step)

@@ -10,7 +10,7 @@ from typing import Callable
 from srnet_core.stages import level_file
 
 from ..spec import SpecError, SweepSpec
-from .factory import FT_CHECKPOINT_FRACTIONS, Cell, NodeFactory
+from .factory import FT_CHECKPOINT_EVERY, FT_CHECKPOINT_FRACTIONS, Cell, NodeFactory
 from .graph import Plan
 
 PARADIGMS: dict[str, Callable] = {}
@@ -158,7 +158,7 @@ def _paradigm_b(f: NodeFactory, cell: Cell) -> None:
     po = f.spec.paradigm_options.b
     for source in po.mask_sources:
         if source == "imp_rw":
-            imp = f.imp(cell, "poe", None, "b", {}, rewind="pretrained")
+            imp = f.imp(cell, "poe", None, "b", {}, rewind="pretrained", by_source="imp_rw")
         for s in f.spec.grid.sparsities:
             if source == "imp_rw":
                 _check_imp_level(f, s)
@@ -167,7 +167,7 @@ def _paradigm_b(f: NodeFactory, cell: Cell) -> None:
                 src = f.mask_train(cell, cell.ft_std, "poe", s, "a", extra_cols={"finetune_loss": "std"})
                 mask_file = "masks.safetensors"
             for l1 in po.losses:
-                f.retrain(cell, src, mask_file, l1, s, "b", extra_cols={"mask_source": source})
+                f.retrain(cell, src, mask_file, l1, s, "b", extra_cols={"mask_source": source}, by_source=source)
 
 
 def _check_imp_level(f: NodeFactory, s: float) -> None:
@@ -194,20 +194,29 @@ def _paradigm_ood(f: NodeFactory, cell: Cell) -> None:
         for s in spec.grid.sparsities:
             if base == "c":
                 f.mask_train(cell, None, "std", s, "ood_upper_bound", task_options=ood_options,
-                             extra_cols={"base_paradigm": "c"})
+                             extra_cols={"base_paradigm": "c"}, by_source="c")
                 continue
             node = f.mask_train(cell, cell.ft_std, "std", s, "ood_upper_bound", task_options=ood_options,
-                                extra_cols={"base_paradigm": "a"})
+                                extra_cols={"base_paradigm": "a"}, by_source="a")
             if base == "b":
                 f.retrain(cell, node, "masks.safetensors", "std", s, "ood_upper_bound",
-                          extra_cols={"base_paradigm": "b"})
+                          extra_cols={"base_paradigm": "b"}, by_source="b")
 
 
 @paradigm("timing")
 def _paradigm_timing(f: NodeFactory, cell: Cell) -> None:
-    """Timing: mask training from the std fine-tune's checkpoints at the given fractions, and from the end."""
+    """Timing: mask training from the std fine-tune's checkpoints at the given absolute steps (the reference's
+    5,000 ... 20,000) and fractions, and from the end."""
     t = f.spec.paradigm_options.timing
     total = f.total_steps(cell.ft_std.stage_config)
+    saved = cell.ft_std.stage_config.get("save_steps", [])
+    for step in sorted(set(t.steps)):
+        if step not in saved:
+            raise SpecError(f"paradigm_options.timing.steps: {step} is not a saved checkpoint of the {cell.task} "
+                            f"fine-tuning ({total} steps; saved every {FT_CHECKPOINT_EVERY} steps: {saved})")
+        step, file = f.step_checkpoint(step)
+        f.mask_train(cell, cell.ft_std, t.loss, t.sparsity, "timing", init_file=file,
+                     extra_cols={"start_step": step, "finetune_loss": "std"})
     for frac in sorted(set(t.fractions)):
         if not any(abs(frac - g) < 1e-9 for g in FT_CHECKPOINT_FRACTIONS):
             raise SpecError(f"paradigm_options.timing.fractions: {frac} is not a saved fine-tuning checkpoint; use "
@@ -223,9 +232,19 @@ def _paradigm_timing(f: NodeFactory, cell: Cell) -> None:
 def _paradigm_gradual(f: NodeFactory, cell: Cell) -> None:
     """Gradual: cubic schedule s_initial -> s_final during mask training of the std fine-tuned model."""
     gr = f.spec.paradigm_options.gradual
-    schedule = {"initial": gr.s_initial, "start": gr.start, "end": gr.end, "unit": gr.unit, "frequency": gr.frequency}
-    f.mask_train(cell, cell.ft_std, gr.loss, gr.s_final, "gradual", gradual=schedule,
-                 extra_cols={"finetune_loss": "std", "s_initial": gr.s_initial})
+    schedule = {"initial": gr.s_initial, "start": gr.start, "end": gr.end, "unit": gr.unit, "frequency": gr.frequency,
+                "select": gr.select}
+    # the epochs axis: a run at the section's own epochs is the same node as without the axis (same key)
+    own = f.spec.train_config("mask_train", cell.task, cell.seed, gr.loss, "gradual")["epochs"]
+    for epochs in gr.epochs or [own]:
+        train = None if epochs == own else {"epochs": epochs}
+        cols = {"finetune_loss": "std", "mask_epochs": float(epochs)}
+        f.mask_train(cell, cell.ft_std, gr.loss, gr.s_final, "gradual", gradual=schedule, train=train,
+                     extra_cols={**cols, "s_initial": gr.s_initial, "schedule": "gradual"})
+        if gr.fixed_baseline:  # fixed s_final from the start, same loss and epochs (at the section's epochs it is
+            # paradigm (a)'s node when (a) plans that loss: one node, named by (a))
+            f.mask_train(cell, cell.ft_std, gr.loss, gr.s_final, "gradual", train=train,
+                         extra_cols={**cols, "schedule": "fixed"})
 
 
 @paradigm("transfer", per_sweep=True)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..data import Encoded
-from ..masks import MaskConfig, MaskSet, sparsity_of
+from ..masks import PHI, MaskConfig, MaskSet, sparsity_of
 from ..train import EvalRecord, TrainConfig, TrainLoop
 from .common import (OptionError, Report, copy_into, encoder_names, mask_snapshot, masks_from_snapshot,
                      only_when, steps_per_epoch, trainable_params, weights_from_snapshot)
@@ -36,6 +36,8 @@ class GradualOptions:
         then; ``final`` = the best ID-dev eval among those at which the schedule has reached ``final`` (every
         eval from t_f on; the run's last eval always is one, since t_f <= the end of training).
     reproject_every: gradual mask training only: exact top-k every step (1) or the reference cadence (N).
+    score_scale / phi: gradual mask training only: the ``magnitude_soft`` init's scale (``raw``: S = |W|, the
+        reference's; ``normalized``: mean 2*phi) and the binarizer threshold (srnet_core.masks.MaskConfig).
     """
 
     initial: float = 0.7
@@ -47,6 +49,8 @@ class GradualOptions:
     scope: Literal["local", "global"] = "local"
     select: Literal["any", "final"] = "any"
     reproject_every: int = 1
+    score_scale: Literal["normalized", "raw"] = "normalized"
+    phi: float = PHI
 
     def __post_init__(self):
         if self.select not in ("any", "final"):
@@ -225,7 +229,8 @@ def gradual_mask_train(model: nn.Module, names: list[str], train_data: Encoded, 
     for p in model.parameters():
         p.requires_grad_(False)
     mask_set = MaskSet(model, names, MaskConfig(sparsity=options.initial, init="magnitude_soft",
-                                                scope=options.scope, reproject_every=options.reproject_every))
+                                                scope=options.scope, reproject_every=options.reproject_every,
+                                                score_scale=options.score_scale, phi=options.phi))
     schedule = make_schedule(mask_set, options, len(train_data), config)
     schedule.step(0)
     params = {f"scores:{n}": mask_set.parametrization(n).scores for n in names}

@@ -17,7 +17,7 @@ from . import bias_model, finetune, teacher, mask_train, imp, gmp, structured, s
 from . import retrain, evaluate  # noqa: F401, I001
 from .common import Context, prepare, rows_from_history, write_teacher
 from .config import Report, StageConfig
-from .finetune import checkpoint_file, checkpoint_files, checkpoint_step
+from .finetune import checkpoint_file, checkpoint_files, checkpoint_step, step_file
 from .imp import level_file
 from .registry import REGISTRY, StageKind, get_kind, register, stage_version, unregister
 from .structured import structured_options
@@ -25,7 +25,7 @@ from .super_tickets import super_ticket_options
 
 __all__ = ["Context", "REGISTRY", "Report", "StageConfig", "StageKind", "checkpoint_file", "checkpoint_files",
            "checkpoint_step", "get_kind", "level_file", "prepare", "register", "rows_from_history", "run_stage",
-           "stage_version", "structured_options", "super_ticket_options", "unregister", "write_teacher"]
+           "stage_version", "step_file", "structured_options", "super_ticket_options", "unregister", "write_teacher"]
 
 
 def __getattr__(name: str):

@@ -30,7 +30,25 @@ def bias_model(cfg: StageConfig, out_dir: str) -> list[dict]:
     write_json(os.path.join(out_dir, "summary.json"), {"config": cfg.to_dict(), "wall_seconds": time.time() - started,
                                                        "info": result.info})
     evals = {split: m for split, m in result.metrics.items() if split != train}
-    return rows_from_history([EvalRecord(0, 0.0, evals, 0.0)], 0, task)
+    rows = rows_from_history([EvalRecord(0, 0.0, evals, 0.0)], 0, task)
+    # the training set, role "train": how confident and how right the bias model is where the debiasing losses
+    # read it (reweight's weights 1 - p_gold, conf_reg's scaling, PoE's product); the reference's per-example
+    # files come from other bias models, so a fitted one is a documented deviation measured here (issue 19)
+    rows += [{**r, "eval_role": "train"}
+             for r in rows_from_history([EvalRecord(0, 0.0, {train: train_confidence(task, result)}, 0.0)], 0, task)]
+    return rows
+
+
+def train_confidence(task, result) -> dict[str, float]:
+    """The bias model's training-set metrics (out of fold when the task's spec uses folds) plus its mean
+    probability of the gold label (``gold_confidence``) and of its predicted label (``max_confidence``)."""
+    import numpy as np
+
+    train = task.train_split
+    lp = np.asarray(result.log_probs[train], dtype=np.float64)
+    gold = np.asarray(task.load(train).labels)
+    return {**result.metrics[train], "gold_confidence": float(np.exp(lp[np.arange(len(gold)), gold]).mean()),
+            "max_confidence": float(np.exp(lp.max(axis=1)).mean())}
 
 
 register(StageKind("bias_model", bias_model, fields=("stage", "task", "task_options", "data_dir"), common=False,

@@ -26,7 +26,9 @@ class StageConfig:
     mask_file: a fixed mask (retrain, evaluate). bias_file / teacher_file: per-example bias log-probs /
         teacher probabilities, joined to training examples by id.
     save_fractions: fractions of the fine-tuning's steps whose weights are saved (the planner's fixed grid;
-        srnet_core.stages.finetune.checkpoint_step is the one rule for their steps).
+        srnet_core.stages.finetune.checkpoint_step is the one rule for their steps). save_steps: absolute steps
+        whose weights are saved (``weights_step<N>``; the planner's fixed step grid, the timing paradigm's
+        reference start steps); steps at or beyond the run's end are skipped.
     gradual: the cubic schedule of gradual mask training (the gradual paradigm; None: a fixed sparsity).
     options: a stage kind's own options, by its ``options_key`` (e.g. ``imp``, ``structured``, ``gradual`` for
         gmp); in a config dict they are top-level fields, as the planner writes them.
@@ -50,6 +52,7 @@ class StageConfig:
     bias_sha256: str | None = None  # a user-given bias file (bias_source: file): its sha256, checked when read
     teacher_file: str | None = None
     save_fractions: list[float] = field(default_factory=list)
+    save_steps: list[int] = field(default_factory=list)
     gradual: dict | None = None
     options: dict = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -21,11 +21,20 @@ def checkpoint_file(fraction: float) -> str:
     return f"weights_f{fraction:.1f}.safetensors"
 
 
-def checkpoint_schedule(fractions, total: int) -> dict[int, list[str]]:
-    """{step: [files]} saved by a fine-tuning of ``total`` steps (a short run can put several on one step)."""
+def step_file(step: int) -> str:
+    """The file of an absolute-step checkpoint (``save_steps``; the timing paradigm's reference steps)."""
+    return f"weights_step{int(step)}.safetensors"
+
+
+def checkpoint_schedule(fractions, total: int, steps=()) -> dict[int, list[str]]:
+    """{step: [files]} saved by a fine-tuning of ``total`` steps (a short run can put several on one step):
+    the fraction grid's files, then the absolute steps' (those below ``total``)."""
     out: dict[int, list[str]] = {}
     for fraction in fractions:
         out.setdefault(checkpoint_step(fraction, total), []).append(checkpoint_file(fraction))
+    for step in steps:
+        if 0 < int(step) < total:
+            out.setdefault(int(step), []).append(step_file(step))
     return out
 
 
@@ -45,7 +54,7 @@ def finetune(ctx: Context, out_dir: str, report: Report | None, resume_state: di
 
     os.makedirs(out_dir, exist_ok=True)
     loop = make_loop(ctx, params, snapshot=lambda: params, after_step=after_step, current_sparsity=lambda: 0.0)
-    files.update(checkpoint_schedule(ctx.cfg.save_fractions, loop.total_steps))
+    files.update(checkpoint_schedule(ctx.cfg.save_fractions, loop.total_steps, ctx.cfg.save_steps))
     run_loop(loop, report, resume_state)
     if files:  # the timing predictor (docs/search.md)
         _write_timing(ctx, out_dir, checkpoint_files(ctx.cfg.save_fractions, loop.total_steps), loop.total_steps)
@@ -77,10 +86,12 @@ def _write_timing(ctx: Context, out_dir: str, files: dict[int, str], total: int)
 
 
 def _grid_outputs(config: dict) -> list[str]:
+    """The fraction grid's files and timing.json. The absolute-step files (save_steps) are written only below the
+    run's real end, which the config alone does not fix (a task's size is known when its data is read)."""
     fractions = config.get("save_fractions") or []
     return [checkpoint_file(f) for f in fractions] + (["timing.json"] if fractions else [])
 
 
 register(StageKind(
-    "finetune", finetune, fields=("seed", "loss", "train", "save_fractions"), train_section="finetune",
+    "finetune", finetune, fields=("seed", "loss", "train", "save_fractions", "save_steps"), train_section="finetune",
     outputs=("weights.safetensors", "summary.json"), more_outputs=_grid_outputs, memory="weights"))

@@ -53,7 +53,9 @@ def _gradual_options(ctx: Context, initial: float):
                           frequency=g.get("frequency") or ctx.cfg.train.eval_every, scope=ctx.cfg.mask.scope,
                           # A result reported at sparsity s must be a checkpoint AT s: with "any", GMP's best
                           # ID-dev eval can be its dense start (measured in paper_small: GMP "0.9" was dense).
-                          select=g.get("select", "final"), reproject_every=ctx.cfg.mask.reproject_every)
+                          select=g.get("select", "final"), reproject_every=ctx.cfg.mask.reproject_every,
+                          # the spec's mask section (full_grid: raw, the reference's S = |W|)
+                          score_scale=ctx.cfg.mask.score_scale, phi=ctx.cfg.mask.phi)
 
 
 def _gradual(ctx: Context, out_dir: str, report, resume_state, names, train_weights: bool) -> list[dict]:

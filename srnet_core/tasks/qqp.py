@@ -66,8 +66,9 @@ class QqpTask(FileTask):
     ood_eval_splits = ["paws_qqp", "paws_wiki"]
     ood_dev_splits = ["paws_qqp_train"]  # selection/search only (eval_ood_dev)
     bias_features = "pair_overlap"
-    # OOD upper bound: + PAWS-QQP train (11,988) + PAWS-Wiki train (49,401) when its file is present
-    OOD_TRAIN = (("paws_qqp_train", 1, True), ("paws_wiki_train", 1, False))
+    # OOD upper bound: + PAWS-QQP train (11,988) + PAWS-Wiki train (49,401), both required: the reference
+    # trains on both (--dataset_names qqp,paws_qqp,paws_wiki), and a run without one would be another experiment
+    OOD_TRAIN = (("paws_qqp_train", 1, True), ("paws_wiki_train", 1, True))
 
     def primary_metric(self, split: str) -> str:
         return "f1_duplicate"
