@@ -566,10 +566,11 @@ def test_only_infrastructure_failures_are_retried(tmp_path):
     from workers.store import MissingOutputError
     from workers.trainable import retryable
 
-    for err in (OSError("connection reset"), TimeoutError(), CorruptArtifactError("artifact x: sha256"),
+    for err in (OSError("connection reset"), TimeoutError(), FileNotFoundError("lost scratch file"),
                 torch.OutOfMemoryError("CUDA out of memory"), MemoryError(), ray.exceptions.RayError()):
         assert retryable(err), err
-    for err in (DivergenceError("training loss is nan"), ValueError("bad label"), KeyError("x"), TypeError(),
+    for err in (CorruptArtifactError("artifact x: sha256"),  # its upstream re-runs at the next launch
+                DivergenceError("training loss is nan"), ValueError("bad label"), KeyError("x"), TypeError(),
                 MissingOutputError("lacks"), RuntimeError("node refused: other code"), AssertionError()):
         assert not retryable(err), err
     spec = {"name": "r", "output_dir": str(tmp_path), "grid": {"tasks": ["synthetic"], "backbones": ["tiny-bert"],

@@ -23,7 +23,7 @@ from srnet_core.tasks.fingerprints import data_columns
 from srnet_core.train import EvalRecord
 
 from .provenance import provenance
-from .store import ArtifactStore, LeaseKeeper
+from .store import ArtifactStore, CorruptArtifactError, LeaseKeeper
 
 STATE_FILE = "train_state.safetensors"
 
@@ -199,8 +199,12 @@ def retryable(err: BaseException) -> bool:
     error, a refused node) and would only fail again, so it is not."""
     import torch
 
+    if isinstance(err, CorruptArtifactError):
+        # the upstream node is invalidated and re-runs at the next launch; within this one a retry would read
+        # the same bad file again
+        return False
     if isinstance(err, (OSError, MemoryError, torch.OutOfMemoryError)):
-        return True  # CorruptArtifactError is a FileNotFoundError: the upstream re-runs, then the retry reads it
+        return True
     try:
         from ray.exceptions import RayError
     except ImportError:  # pragma: no cover - workers always run under Ray
