@@ -69,6 +69,7 @@ class DagScheduler:
         self._seq = itertools.count()
         self._callbacks: list[Callable] = []
         self._open = keep_open
+        self._reopened: dict[str, int] = {}  # key -> times re-opened after a consumer found it corrupt
 
     # -- building ---------------------------------------------------------------------------------------------
     def add_nodes(self, nodes: Iterable, complete: Iterable[str] = ()) -> int:
@@ -145,6 +146,24 @@ class DagScheduler:
         with self._lock:
             return not any(s in (READY, RUNNING) for s in self.status.values()) and \
                 any(s == WAITING for s in self.status.values())
+
+    def reopen(self, key: str, waiter: str | None = None, limit: int = 2) -> bool:
+        """A file of ``key`` (done, or complete from an earlier launch) was found corrupt by ``waiter``, whose
+        trial just ended: ``key`` runs again, and every node downstream of it that has not started (and the
+        waiter) waits for it. False when it cannot be re-opened (not done, or re-opened ``limit`` times
+        already: a store that corrupts every write would loop forever); the caller then fails the waiter."""
+        with self._lock:
+            if self.status.get(key) not in (DONE, CACHED) or self._reopened.get(key, 0) >= limit:
+                return False
+            self._reopened[key] = self._reopened.get(key, 0) + 1
+            self.status[key] = READY
+            heapq.heappush(self._heap, (-self.priority[key], next(self._seq), key))
+            for child in self.children[key]:
+                if child == waiter or self.status[child] in (WAITING, READY):
+                    self.status[child] = WAITING
+                    self._missing[child] = sum(1 for u in self.nodes[child].upstream
+                                               if self.status.get(u.key, CACHED) not in (DONE, CACHED))
+            return True
 
     def node_done(self, key: str) -> None:
         with self._lock:
@@ -229,7 +248,7 @@ def make_searcher(scheduler: DagScheduler, payload: Callable[[object], dict],
     ``error_of(trial_id)`` the one-line error of a failed trial (Tune gives a Searcher only the trial id)."""
     from ray.tune.search import Searcher
 
-    from workers.trainable import ERROR_KEY
+    from workers.trainable import ERROR_KEY, REOPEN_KEY
 
     class NodeSearcher(Searcher):
         def __init__(self):
@@ -256,7 +275,9 @@ def make_searcher(scheduler: DagScheduler, payload: Callable[[object], dict],
                         message = f"failed (its error could not be read: {err})"
                 scheduler.node_failed(key, message)
             elif isinstance(result, dict) and result.get(ERROR_KEY):  # failed deterministically: not retried
-                scheduler.node_failed(key, str(result[ERROR_KEY]))
+                upstream = result.get(REOPEN_KEY)  # a corrupt input: its producer re-runs, then this node
+                if not (upstream and scheduler.reopen(upstream, key)):
+                    scheduler.node_failed(key, str(result[ERROR_KEY]))
             else:
                 scheduler.node_done(key)
 

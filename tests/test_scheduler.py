@@ -261,3 +261,76 @@ def test_nodes_added_while_the_tune_run_goes_on(ray_env, tmp_path):
     assert errors == {} and failures == []
     assert {k for _, k in finished} == set(plan.nodes) | set(later.nodes)
     assert set(results.load(root)["node_key"]) == set(plan.nodes) | set(later.nodes)
+
+
+def test_reopen_puts_a_corrupt_producer_back_before_its_consumers():
+    """Issue 24 item 8: a consumer that finds its input corrupt re-opens the producer in the running scheduler:
+    the producer runs again, the consumer and its not-yet-started siblings wait for it, then run."""
+    from orchestrator.plan import Input, Node
+
+    a = Node("finetune", {"stage": "finetune", "seed": 0})
+    b = Node("mask_train", {"stage": "mask_train", "sparsity": 0.5}, {"init_weights": Input(a, "w")})
+    c = Node("mask_train", {"stage": "mask_train", "sparsity": 0.9}, {"init_weights": Input(a, "w")})
+    s = DagScheduler()
+    s.add_nodes([a, b, c])
+    assert s.next_ready() is a
+    s.node_done(a.key)
+    assert s.next_ready() in (b, c)
+    waiter = b if s.status[b.key] == "running" else c
+    sibling = c if waiter is b else b
+    assert s.reopen(a.key, waiter.key)
+    assert (s.status[a.key], s.status[waiter.key], s.status[sibling.key]) == ("ready", "waiting", "waiting")
+    assert s.next_ready() is a and s.next_ready() is None  # nothing downstream starts before it is redone
+    s.node_done(a.key)
+    assert {s.next_ready().key, s.next_ready().key} == {b.key, c.key}
+    assert not s.reopen(b.key, None)  # running, not done: nothing to re-open
+    s.node_done(b.key)
+    s.node_done(c.key)
+    # a second consumer failure re-opens it once more; a third is refused (a store that corrupts every write)
+    assert s.reopen(a.key, None) and s.next_ready() is a
+    s.node_done(a.key)
+    assert not s.reopen(a.key, None) and s.finished
+
+
+@pytest.mark.slow
+def test_a_file_corrupted_while_the_sweep_runs_reruns_its_producer_then_the_consumer(ray_env, tmp_path):
+    """Issue 24 item 8, end to end: the fine-tune's weights are corrupted right after it completes; the mask
+    training that reads them finds the sha256 wrong, the running launch re-runs the fine-tune, then the mask
+    training, and the sweep ends with no error."""
+    from orchestrator import launch, results
+    from orchestrator.plan import build_plan
+    from orchestrator.spec import parse_spec
+    from workers.store import ArtifactStore
+
+    train = {"lr": 1e-3, "max_steps": 2, "batch_size": 32, "eval_every": 1}
+    spec = parse_spec({"name": "corrupt", "output_dir": str(tmp_path / "out"), "max_length": 32,
+                       "grid": {"tasks": ["synthetic"], "backbones": ["tiny-bert"], "sparsities": [0.5], "seeds": [0]},
+                       "task_options": {"synthetic": {"n_train": 32, "n_dev": 16, "n_ood": 16}},
+                       "finetune": train, "mask_train": train, "resources": {"cpus_per_trial": 1}})
+    plan = build_plan(spec)
+    store = ArtifactStore(spec.artifact_root())
+    (ft,) = [n for n in plan.nodes.values() if n.stage == "finetune"]
+    corrupted = []
+
+    def producer(scheduler):
+        def corrupt_once(node, status, message):
+            if node.key == ft.key and status == "done" and not corrupted:
+                path = os.path.join(store.node_dir("finetune", ft.key), "weights.safetensors")
+                with open(path, "r+b") as f:  # one flipped byte, same size: only the sha256 tells
+                    f.seek(os.path.getsize(path) // 2)
+                    byte = f.read(1)
+                    f.seek(-1, 1)
+                    f.write(bytes([byte[0] ^ 0xFF]))
+                corrupted.append(path)
+        scheduler.on_node_done(corrupt_once)
+        scheduler.close()
+
+    errors, failures, finished = launch.run_plan(spec, plan, store, results.results_dir(spec.output_dir), set(),
+                                                 on_scheduler=producer)
+    assert corrupted and errors == {} and failures == []
+    assert {k for _, k in finished} == set(plan.nodes)
+    events = [(e["event"], e["stage"]) for e in store.events() if e["key"] in plan.nodes]
+    assert events.count(("run", "finetune")) == 2 and events.count(("invalidated", "finetune")) == 1
+    assert events.count(("failed", "mask_train")) == 1  # found the bad input: not retried, re-opened upstream
+    assert store.is_complete("finetune", ft.key, verify=True)  # the re-run wrote good weights
+    assert set(results.load(results.results_dir(spec.output_dir))["stage"]) == {"finetune", "mask_train"}

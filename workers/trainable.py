@@ -102,7 +102,11 @@ def _run_node(node: dict, report, store: ArtifactStore, owner: str) -> None:
     stage_config = dict(node["stage_config"])
     store.trim_cache()  # downloaded inputs of earlier nodes, least recently used first, before this node's
     for name, (up_stage, up_key, filename) in node.get("inputs", {}).items():
-        stage_config[name] = store.fetch_verified(up_stage, up_key, filename)  # never a corrupt input
+        try:
+            stage_config[name] = store.fetch_verified(up_stage, up_key, filename)  # never a corrupt input
+        except CorruptArtifactError as err:
+            err.upstream = up_key  # invalidated: the running launch re-runs it (orchestrator.scheduler.reopen)
+            raise
     try:
         rows = run_stage(stage_config, out_dir, report=on_eval, resume_state=resume_state)
     finally:
@@ -213,6 +217,7 @@ def retryable(err: BaseException) -> bool:
 
 
 ERROR_KEY = "srnet_error"  # a trial's last result carries it when its node failed deterministically
+REOPEN_KEY = "srnet_reopen"  # ... and this, the key of an upstream node whose file it found corrupt
 
 
 def stage_trainable(config: dict) -> None:
@@ -234,4 +239,7 @@ def stage_trainable(config: dict) -> None:
         print(text, file=sys.stderr)  # the worker's log: on the console only with --verbose (log_to_driver)
         ArtifactStore(node["artifact_root"]).log_event("failed", node["stage"], node["key"], retried=False,
                                                        traceback=text)
-        tune.report({ERROR_KEY: f"{type(err).__name__}: {' '.join(str(err).split())}"[:500]})
+        result = {ERROR_KEY: f"{type(err).__name__}: {' '.join(str(err).split())}"[:500]}
+        if getattr(err, "upstream", None):  # the scheduler re-runs that node, then this one (same launch)
+            result[REOPEN_KEY] = err.upstream
+        tune.report(result)
