@@ -569,7 +569,7 @@ def test_only_infrastructure_failures_are_retried(tmp_path):
     for err in (OSError("connection reset"), TimeoutError(), FileNotFoundError("lost scratch file"),
                 torch.OutOfMemoryError("CUDA out of memory"), MemoryError(), ray.exceptions.RayError()):
         assert retryable(err), err
-    for err in (CorruptArtifactError("artifact x: sha256"),  # its upstream re-runs at the next launch
+    for err in (CorruptArtifactError("artifact x: sha256"),  # its upstream re-runs first (scheduler.reopen)
                 DivergenceError("training loss is nan"), ValueError("bad label"), KeyError("x"), TypeError(),
                 MissingOutputError("lacks"), RuntimeError("node refused: other code"), AssertionError()):
         assert not retryable(err), err

@@ -204,8 +204,8 @@ def retryable(err: BaseException) -> bool:
     import torch
 
     if isinstance(err, CorruptArtifactError):
-        # the upstream node is invalidated and re-runs at the next launch; within this one a retry would read
-        # the same bad file again
+        # a retry would read the same bad file: the upstream node is invalidated, and the running launch re-runs
+        # it before this one (orchestrator.scheduler.DagScheduler.reopen)
         return False
     if isinstance(err, (OSError, MemoryError, torch.OutOfMemoryError)):
         return True
