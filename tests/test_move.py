@@ -120,3 +120,53 @@ def test_the_download_cache_is_bounded_least_recently_used_first(s3_server, monk
     assert sorted(os.path.basename(p) for p in removed) == ["f1.bin", "f2.bin"]
     assert os.path.exists(paths[0]) and os.path.exists(paths[3])
     assert store.trim_cache(limit_gb=1.0) == []
+
+
+def test_a_relaunch_reads_markers_not_artifacts_on_an_object_store(s3_server, monkeypatch, tmp_path):
+    """Issue 24 item 2: the driver's checks before a relaunch list the store once and download no artifact
+    (measured on the local S3 server's request log); a corrupt file is found by its consumer instead, which
+    names the producer to re-run (orchestrator.scheduler.DagScheduler.reopen)."""
+    import urllib.request
+
+    from orchestrator.failures import verify_inputs
+    from workers.store import CorruptArtifactError
+
+    for k, v in s3_server.items():
+        monkeypatch.setenv(k, v)
+    _on(monkeypatch, tmp_path, "node-a")
+    root = "s3://sweeps/relaunch"
+    spec = parse_spec({**SPEC, "grid": {**SPEC["grid"], "methods": ["mask_train"]}, "output_dir": str(tmp_path / "o"),
+                       "finetune": {**SPEC["finetune"], "epochs": 1}, "mask_train": {**SPEC["imp"], "epochs": 1}})
+    plan = build_plan(spec)
+    store = ArtifactStore(root)
+    payloads = {}
+    for node in plan.nodes.values():
+        node.stage_config["device"] = "cpu"
+        payloads[node.stage] = (node, node_payload(node, store))
+    ft, mt = payloads["finetune"][0], payloads["mask_train"][0]
+    run_node(payloads["finetune"][1])
+    run_node(payloads["mask_train"][1])
+    store.fs.delete_file(store._remote_path("mask_train", mt.key, "_COMPLETE.json"))  # the consumer is to re-run
+
+    def record(action):
+        urllib.request.urlopen(urllib.request.Request(
+            s3_server["AWS_ENDPOINT_URL"] + f"/moto-api/recorder/{action}-recording", method="POST")).read()
+    record("reset")
+    record("start")
+    _on(monkeypatch, tmp_path, "driver")  # an empty cache: whatever the check needs, it must download
+    assert verify_inputs(plan, ArtifactStore(root), published=set()) == {}
+    record("stop")
+    requests = [json.loads(line) for line in open(s3_server["MOTO_RECORDER_FILEPATH"]) if line.strip()]
+    gets = [r["url"] for r in requests if r["method"] == "GET" and "/relaunch/" in r["url"].split("?")[0]]
+    assert gets == [], gets  # listings only (GET /sweeps?list-type=2&prefix=...): no object downloaded
+
+    path = store._remote_path("finetune", ft.key, "weights.safetensors")  # one flipped byte in the store
+    with store.fs.open_input_stream(path) as f:
+        data = bytearray(f.read())
+    data[len(data) // 2] ^= 0xFF
+    with store.fs.open_output_stream(path) as f:
+        f.write(bytes(data))
+    _on(monkeypatch, tmp_path, "node-b")
+    with pytest.raises(CorruptArtifactError) as err:
+        run_node(payloads["mask_train"][1])
+    assert err.value.upstream == ft.key and not store.is_complete("finetune", ft.key)
