@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import pandas as pd
 import pytest
 
 from orchestrator.launch import node_payload
@@ -53,3 +54,12 @@ def test_a_node_missing_a_declared_output_is_not_committed(finetune_node, monkey
     monkeypatch.setitem(REGISTRY, "finetune", kind)
     run_node(payload)  # the retry writes it and commits
     assert "weights_f0.5.safetensors" in store.marker("finetune", node.key)["files"]
+    rows = pd.read_parquet(store.fetch("finetune", node.key, "rows.parquet"))
+    assert set(rows["attempt"]) == {2}  # the rows say it took two runs
+
+
+def test_a_first_run_is_attempt_one(finetune_node):
+    node, store, payload = finetune_node
+    run_node(payload)
+    assert set(pd.read_parquet(store.fetch("finetune", node.key, "rows.parquet"))["attempt"]) == {1}
+    assert not os.path.exists(os.path.join(store.node_dir("finetune", node.key), "_ATTEMPTS.json"))  # removed

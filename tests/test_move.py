@@ -74,6 +74,10 @@ def test_a_node_resumed_on_another_machine_keeps_its_earlier_outputs(s3_server, 
     assert not os.path.exists(ArtifactStore(moved).node_dir("finetune", ft.key))  # scratch gone once committed
     files = _files(moved, "finetune", ft.key)
     assert sorted(f for f in files if f.startswith("weights_f")) == [f"weights_f0.{i}.safetensors" for i in range(1, 10)]
+    import pandas as pd
+
+    rows = pd.read_parquet(ArtifactStore(moved).fetch("finetune", ft.key, "rows.parquet"))
+    assert set(rows["attempt"]) == {2}  # the counter moved with the checkpoint: node B's run is the second
 
     _on(monkeypatch, tmp_path, "node-c")  # the same node, never interrupted, in another store
     run_node(_nodes(straight, tmp_path)["finetune"][1])

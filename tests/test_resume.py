@@ -39,7 +39,7 @@ def _interrupt_after(n_evals):
     return report
 
 
-VOLATILE = ["wall_seconds", "started_at", "ended_at", "gpu_hours"]
+VOLATILE = ["wall_seconds", "started_at", "ended_at", "gpu_hours", "attempt"]
 
 
 @pytest.mark.parametrize("stage,artifact", [("mask_train", "masks.safetensors"),
@@ -71,6 +71,7 @@ def test_interrupted_equals_uninterrupted(tmp_path, stage, artifact):
     assert a.keys() == b.keys()
     for name in a:
         assert (a[name] == b[name]).all(), name
+    assert set(pd.read_parquet(os.path.join(b_dir, "rows.parquet"))["attempt"]) == {2}  # resumed: 2nd run
     rows_a = pd.read_parquet(os.path.join(a_dir, "rows.parquet")).drop(columns=VOLATILE)
     rows_b = pd.read_parquet(os.path.join(b_dir, "rows.parquet")).drop(columns=VOLATILE)
     pd.testing.assert_frame_equal(rows_a, rows_b)

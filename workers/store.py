@@ -77,13 +77,15 @@ def default_owner() -> str:
 
 def _is_output_name(name: str) -> bool:
     """Outputs, not bookkeeping: no marker, checkpoint folder, lease, invalidated marker or partial file."""
-    return not (name in (MARKER, CHECKPOINT) or name.startswith((LEASE, "_INVALID.", ".")) or name.endswith(".partial"))
+    return not (name in (MARKER, CHECKPOINT, ATTEMPTS) or name.startswith((LEASE, "_INVALID.", "."))
+                or name.endswith((".partial", ".pulled")))
 
 
 def _output_names(local: str) -> list[str]:
     return sorted(n for n in os.listdir(local) if _is_output_name(n) and os.path.isfile(os.path.join(local, n)))
 
 
+ATTEMPTS = "_ATTEMPTS.json"  # beside a node's files until it is committed: how many runs it has had
 UPLOAD_CHUNK = 8 * 2**20  # bytes read per write into an upload stream (pyarrow sends parts of its own size)
 
 
@@ -221,11 +223,15 @@ class ArtifactStore:
         marker = {"files": files, **info}
         if not self.remote:
             write_json(os.path.join(local, MARKER), marker)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(local, ATTEMPTS))  # committed: the attempt count is in the rows
             return
         self.push_outputs(stage, key)  # what push_outputs already sent, unchanged since, is not sent again
         with self.fs.open_output_stream(self._remote_path(stage, key, MARKER)) as f:
             f.write(json.dumps(marker, indent=1, sort_keys=True, default=str).encode())
         self.delete_checkpoint(stage, key)
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self.fs.delete_file(self._remote_path(stage, key, ATTEMPTS))
         shutil.rmtree(local, ignore_errors=True)  # committed to the store: the scratch copy only fills the disk
         for path in [p for p in self._pushed if p.startswith(local + os.sep)]:
             del self._pushed[path]
@@ -385,6 +391,23 @@ class ArtifactStore:
             os.makedirs(os.path.dirname(local), exist_ok=True)
             shutil.copyfile(fetched, local)
         return local if os.path.exists(local) else None
+
+    def count_attempt(self, stage: str, key: str) -> int:
+        """This run's attempt number for a node (1 for its first): a counter beside the node's files, kept in
+        the store so a retry on another machine counts on; removed when the node is committed."""
+        local = os.path.join(self.node_dir(stage, key), ATTEMPTS)
+        if self.remote:
+            try:
+                shutil.copyfile(self.fetch(stage, key, ATTEMPTS, refresh=True), local + ".pulled")
+                os.replace(local + ".pulled", local)
+            except FileNotFoundError:
+                pass
+        count = 1 + (int(read_json(local).get("attempts", 0)) if os.path.exists(local) else 0)
+        write_json(local, {"attempts": count})
+        if self.remote:
+            self.fs.create_dir(self._remote_path(stage, key), recursive=True)
+            self._upload(local, self._remote_path(stage, key, ATTEMPTS))
+        return count
 
     def delete_checkpoint(self, stage: str, key: str) -> None:
         shutil.rmtree(os.path.join(self.node_dir(stage, key), CHECKPOINT), ignore_errors=True)

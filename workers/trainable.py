@@ -90,7 +90,8 @@ def _run_node(node: dict, report, store: ArtifactStore, owner: str) -> None:
     # Written and uploaded off the training thread, only the latest kept; atomic: a kill mid-write leaves the
     # previous checkpoint. Training waits only for the snapshot to host memory.
     writer = AsyncCheckpointWriter(state_path, upload=upload)
-    store.log_event("run", stage, key, owner=owner, resumed_from=_step_of(resume_state))
+    attempt = store.count_attempt(stage, key)  # rows record it: retries of a node, wherever they ran
+    store.log_event("run", stage, key, owner=owner, resumed_from=_step_of(resume_state), attempt=attempt)
 
     def on_eval(record: EvalRecord, state_fn) -> None:
         writer.submit(state_fn)
@@ -113,6 +114,7 @@ def _run_node(node: dict, report, store: ArtifactStore, owner: str) -> None:
         writer.close()  # the last checkpoint is on disk (and uploaded) before anything else happens
     ended = time.time()
     frame = result_frame(node, rows, started, ended)
+    frame["attempt"] = attempt
     with atomic_path(os.path.join(out_dir, "rows.parquet")) as tmp:
         frame.to_parquet(tmp, index=False)
     shutil.rmtree(os.path.dirname(state_path), ignore_errors=True)  # outputs are saved; the state is not needed
