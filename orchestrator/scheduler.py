@@ -153,6 +153,14 @@ class DagScheduler:
         waiter) waits for it. False when it cannot be re-opened (not done, or re-opened ``limit`` times
         already: a store that corrupts every write would loop forever); the caller then fails the waiter."""
         with self._lock:
+            if self.status.get(key) in (READY, RUNNING) and key in self._reopened:
+                # already being re-run for another consumer: this one waits for it too
+                if waiter in self.children.get(key, ()):
+                    self.status[waiter] = WAITING
+                    self._missing[waiter] = sum(1 for u in self.nodes[waiter].upstream
+                                                if self.status.get(u.key, CACHED) not in (DONE, CACHED))
+                    return True
+                return False
             if self.status.get(key) not in (DONE, CACHED) or self._reopened.get(key, 0) >= limit:
                 return False
             self._reopened[key] = self._reopened.get(key, 0) + 1

@@ -86,6 +86,7 @@ FIELD_CASES = [
     ("gmp_options.frequency", 0, "frequency"), ("gmp_options.end", -1.0, "end"),
     ("paradigm_options.gradual.start", -1.0, "start"), ("paradigm_options.timing", {"fractions": [0.0]}, "fraction 0.0"),
     ("mask.reproject_every", "often", "mask.reproject_every"), ("imp_options.rate", 0, "imp_options.rate"),
+    ("imp_options.level_steps", 0, "imp_options.level_steps"), ("imp_options.rewind_exclude", ["("], "imp_options.rewind_exclude"),
 ]
 
 # Raw files: (name, bytes, text the error must contain)

@@ -174,3 +174,13 @@ def test_a_relaunch_reads_markers_not_artifacts_on_an_object_store(s3_server, mo
     with pytest.raises(CorruptArtifactError) as err:
         run_node(payloads["mask_train"][1])
     assert err.value.upstream == ft.key and not store.is_complete("finetune", ft.key)
+
+
+def test_the_attempt_count_survives_a_retry_on_a_machine_that_never_ran_the_node(s3_server, monkeypatch, tmp_path):
+    """Review finding: a retry on a machine with no scratch for the node yet still counts on."""
+    for k, v in s3_server.items():
+        monkeypatch.setenv(k, v)
+    root = "s3://sweeps/attempts"
+    assert ArtifactStore(root, cache_dir=str(tmp_path / "a")).count_attempt("finetune", "k") == 1
+    assert ArtifactStore(root, cache_dir=str(tmp_path / "b")).count_attempt("finetune", "k") == 2
+    assert ArtifactStore(root, cache_dir=str(tmp_path / "c")).count_attempt("finetune", "k") == 3

@@ -334,3 +334,21 @@ def test_a_file_corrupted_while_the_sweep_runs_reruns_its_producer_then_the_cons
     assert events.count(("failed", "mask_train")) == 1  # found the bad input: not retried, re-opened upstream
     assert store.is_complete("finetune", ft.key, verify=True)  # the re-run wrote good weights
     assert set(results.load(results.results_dir(spec.output_dir))["stage"]) == {"finetune", "mask_train"}
+
+
+def test_a_second_consumer_of_a_reopened_producer_waits_for_it_too():
+    """Review finding: while a producer re-runs for one consumer, another consumer that finds the same file bad
+    waits for the re-run instead of failing."""
+    from orchestrator.plan import Input, Node
+
+    u = Node("finetune", {"stage": "finetune", "seed": 0})
+    a = Node("mask_train", {"stage": "mask_train", "sparsity": 0.5}, {"init_weights": Input(u, "w")})
+    b = Node("mask_train", {"stage": "mask_train", "sparsity": 0.9}, {"init_weights": Input(u, "w")})
+    s = DagScheduler()
+    s.add_nodes([u, a, b], complete=[u.key])
+    assert {s.next_ready().key, s.next_ready().key} == {a.key, b.key}  # both running
+    assert s.reopen(u.key, a.key) and s.reopen(u.key, b.key)
+    assert (s.status[u.key], s.status[a.key], s.status[b.key]) == ("ready", "waiting", "waiting")
+    assert s.next_ready() is u
+    s.node_done(u.key)
+    assert {s.next_ready().key, s.next_ready().key} == {a.key, b.key}

@@ -78,7 +78,7 @@ def default_owner() -> str:
 def _is_output_name(name: str) -> bool:
     """Outputs, not bookkeeping: no marker, checkpoint folder, lease, invalidated marker or partial file."""
     return not (name in (MARKER, CHECKPOINT, ATTEMPTS) or name.startswith((LEASE, "_INVALID.", "."))
-                or name.endswith((".partial", ".pulled")))
+                or name.endswith((".partial", ".pulled", ".tmp-upload")))
 
 
 def _output_names(local: str) -> list[str]:
@@ -217,7 +217,7 @@ class ArtifactStore:
         missing = [name for name in required if not os.path.isfile(os.path.join(local, name))]
         if missing:
             raise MissingOutputError(f"node {stage}/{key} lacks its declared output(s) {', '.join(missing)}; "
-                                     "not committed (the node re-runs)")
+                                     "not committed (its stage did not write them: a bug in the stage)")
         files = {name: {"bytes": os.path.getsize(os.path.join(local, name)), "sha256": _sha256(os.path.join(local, name))}
                  for name in _output_names(local)}
         marker = {"files": files, **info}
@@ -245,7 +245,10 @@ class ArtifactStore:
         local, sent = self.node_dir(stage, key), []
         for name in _output_names(local):
             path = os.path.join(local, name)
-            stat = os.stat(path)
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:  # replaced or removed by the training thread since the listing
+                continue
             if self._pushed.get(path) != (stat.st_size, stat.st_mtime_ns):
                 if not sent:
                     self.fs.create_dir(self._remote_path(stage, key), recursive=True)
@@ -300,8 +303,8 @@ class ArtifactStore:
         CorruptArtifactError: nothing downstream consumes a bad file."""
         try:
             meta = self.marker(stage, key)["files"][filename]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            reason = f"no marker entry for {filename} ({type(err).__name__})"
+        except (FileNotFoundError, ValueError, KeyError, TypeError) as err:  # another OSError: a network blip,
+            reason = f"no marker entry for {filename} ({type(err).__name__})"  # raised as is (retried)
             raise CorruptArtifactError(f"artifact {stage}/{key}/{filename}: {reason}; the node will re-run") from None
         try:
             return self._verified(stage, key, filename, meta)
@@ -362,8 +365,9 @@ class ArtifactStore:
                     stat = os.stat(path)
                     files.append((max(stat.st_atime, stat.st_mtime), stat.st_size, path))
         total, removed = sum(f[1] for f in files), []
-        for _, size, path in sorted(files):  # oldest use first (fetch touches a file it serves)
-            if total <= limit * 2**30:
+        recent = time.time() - float(os.environ.get("SRNET_CACHE_KEEP_S", "900"))
+        for used, size, path in sorted(files):  # oldest use first (fetch touches a file it serves)
+            if total <= limit * 2**30 or used > recent:  # used in the last 15 min: a trial may be loading it
                 break
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
@@ -396,6 +400,7 @@ class ArtifactStore:
         """This run's attempt number for a node (1 for its first): a counter beside the node's files, kept in
         the store so a retry on another machine counts on; removed when the node is committed."""
         local = os.path.join(self.node_dir(stage, key), ATTEMPTS)
+        os.makedirs(os.path.dirname(local), exist_ok=True)  # a first run on this machine has no scratch yet
         if self.remote:
             try:
                 shutil.copyfile(self.fetch(stage, key, ATTEMPTS, refresh=True), local + ".pulled")

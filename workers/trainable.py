@@ -87,11 +87,10 @@ def _run_node(node: dict, report, store: ArtifactStore, owner: str) -> None:
         store.push_outputs(stage, key)
         store.push_checkpoint(stage, key, STATE_FILE)
 
-    # Written and uploaded off the training thread, only the latest kept; atomic: a kill mid-write leaves the
-    # previous checkpoint. Training waits only for the snapshot to host memory.
-    writer = AsyncCheckpointWriter(state_path, upload=upload)
     attempt = store.count_attempt(stage, key)  # rows record it: retries of a node, wherever they ran
     store.log_event("run", stage, key, owner=owner, resumed_from=_step_of(resume_state), attempt=attempt)
+
+    writer = None
 
     def on_eval(record: EvalRecord, state_fn) -> None:
         writer.submit(state_fn)
@@ -108,10 +107,18 @@ def _run_node(node: dict, report, store: ArtifactStore, owner: str) -> None:
         except CorruptArtifactError as err:
             err.upstream = up_key  # invalidated: the running launch re-runs it (orchestrator.scheduler.reopen)
             raise
+    # Written and uploaded off the training thread, only the latest kept; atomic: a kill mid-write leaves the
+    # previous checkpoint. Training waits only for the snapshot to host memory.
+    writer = AsyncCheckpointWriter(state_path, upload=upload)
     try:
         rows = run_stage(stage_config, out_dir, report=on_eval, resume_state=resume_state)
-    finally:
-        writer.close()  # the last checkpoint is on disk (and uploaded) before anything else happens
+    except BaseException:
+        try:  # the stage's own error is the one to report: an upload error must not replace it
+            writer.close()
+        except Exception as close_err:  # noqa: BLE001
+            store.log_event("checkpoint_upload_failed", stage, key, error=f"{type(close_err).__name__}: {close_err}")
+        raise
+    writer.close()  # the last checkpoint is on disk (and uploaded) before anything else happens
     ended = time.time()
     frame = result_frame(node, rows, started, ended)
     frame["attempt"] = attempt

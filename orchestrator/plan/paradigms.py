@@ -235,7 +235,7 @@ def _paradigm_gradual(f: NodeFactory, cell: Cell) -> None:
     schedule = {"initial": gr.s_initial, "start": gr.start, "end": gr.end, "unit": gr.unit, "frequency": gr.frequency,
                 "select": gr.select}
     # the epochs axis: a run at the section's own epochs is the same node as without the axis (same key)
-    own = f.spec.train_config("mask_train", cell.task, cell.seed, gr.loss, "gradual")["epochs"]
+    own = f.spec.train_config("mask_train", cell.task, cell.seed, gr.loss, "gradual", sparsity=gr.s_final)["epochs"]
     for epochs in gr.epochs or [own]:
         train = None if epochs == own else {"epochs": epochs}
         cols = {"finetune_loss": "std", "mask_epochs": float(epochs)}

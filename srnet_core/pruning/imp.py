@@ -64,6 +64,13 @@ class ImpOptions:
             self.rewind = "start"
         if not (isinstance(self.intervals, int) and self.intervals >= 1):
             raise OptionError("intervals", f"must be an integer >= 1, got {self.intervals!r}")
+        if self.level_steps is not None and not (isinstance(self.level_steps, int) and self.level_steps >= 1):
+            raise OptionError("level_steps", f"must be an integer >= 1 or null, got {self.level_steps!r}")
+        for pattern in self.rewind_exclude or ():
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise OptionError("rewind_exclude", f"{pattern!r} is not a regular expression ({err})") from None
         if self.rewind is not None and self.rewind != "start" and not (
                 isinstance(self.rewind, int) and not isinstance(self.rewind, bool) and self.rewind >= 0):
             raise OptionError("rewind", f"must be None, 'start' (alias 'pretrained') or a step k >= 0, "
