@@ -90,8 +90,6 @@ def _run_node(node: dict, report, store: ArtifactStore, owner: str) -> None:
     attempt = store.count_attempt(stage, key)  # rows record it: retries of a node, wherever they ran
     store.log_event("run", stage, key, owner=owner, resumed_from=_step_of(resume_state), attempt=attempt)
 
-    writer = None
-
     def on_eval(record: EvalRecord, state_fn) -> None:
         writer.submit(state_fn)
         if report:

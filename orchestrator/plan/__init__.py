@@ -20,7 +20,7 @@ per-node run time).
 """
 from __future__ import annotations
 
-from srnet_core.stages import REGISTRY, checkpoint_step, level_file
+from srnet_core.stages import REGISTRY, checkpoint_step
 
 from .estimates import EVAL_SIZES, THROUGHPUT, TRAIN_SIZES, estimate_gpu_hours, eval_size, node_seconds, train_size
 from .factory import (BIAS_LOSSES, FT_CHECKPOINT_FRACTIONS, SELECT_FROM_FINETUNED, TEACHER_LOSSES, Cell,
@@ -31,11 +31,8 @@ from .paradigms import CELL_METHODS, METHODS, PARADIGMS, SWEEP_PARADIGMS, build_
 __all__ = ["BIAS_LOSSES", "CELL_METHODS", "Cell", "EVAL_SIZES", "FT_CHECKPOINT_FRACTIONS", "Input", "METHODS",
            "Node", "NodeFactory", "PARADIGMS", "Plan", "SELECT_FROM_FINETUNED", "STAGE_FIELDS", "SWEEP_PARADIGMS",
            "TEACHER_LOSSES", "THROUGHPUT", "TRAIN_SIZES", "build_plan", "check_planner_fields", "checkpoint_step",
-           "depth_groups", "estimate_gpu_hours", "eval_size", "imp_mask_file", "keyed_task_options", "node_key",
+           "depth_groups", "estimate_gpu_hours", "eval_size", "keyed_task_options", "node_key",
            "node_seconds", "paradigm", "train_size"]
-
-imp_mask_file = level_file  # the file of one IMP level (paradigm (b) reads it)
-
 
 def __getattr__(name: str):
     if name == "STAGE_FIELDS":  # a view of the registry: {stage: the config fields its key reads}
