@@ -59,6 +59,8 @@ _TRAIN_RANGES = {
     "eval_batch_size": (lambda v: v == "auto" or v >= 1, "must be an integer >= 1 or 'auto'"),
     "select_from": (lambda v: 0 <= v <= 1, "must be a fraction of training in [0, 1]"),
     "seed": (lambda v: v >= 0, "must be an integer >= 0"),
+    "ood_eval_every": (lambda v: v is None or v >= 0,
+                       "must be null (every evaluation), 0 (only at the selected checkpoint) or a number of steps"),
     "amp": (lambda v: v in ("auto", "off", "bf16"), "must be one of 'auto', 'off', 'bf16'"),
 }
 
@@ -157,6 +159,12 @@ class ParadigmB(_Strict):
 
 class ParadigmC(_Strict):
     losses: list[LossName] | None = None  # None: grid.losses (the protocol uses std and poe here)
+    sparsities: list[float] | None = None  # None: grid.sparsities (e.g. [0.5]: a smaller (c) arm)
+
+    @field_validator("sparsities")
+    @classmethod
+    def _sparsity_range(cls, values):
+        return values if values is None else Grid._sparsity_range(values)
 
 
 class OODUpperBound(_Strict):

@@ -151,6 +151,27 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+def grouped_epoch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
+                        pool_batches: int = 50) -> np.ndarray:
+    """``epoch_order`` with batches of similar length (HF's ``group_by_length``): the epoch's shuffled order is
+    cut into pools of ``pool_batches`` batches, each pool is sorted by length (longest first) and cut into
+    batches, and the batches are shuffled. Every example appears exactly once; the one short batch (n not a
+    multiple of batch_size) stays last, so step k still reads positions [k*bs, (k+1)*bs). A pure function of
+    (lengths, batch_size, seed, epoch), so resume needs no state."""
+    lengths = np.asarray(lengths)
+    order = epoch_order(len(lengths), seed, epoch)
+    pool = batch_size * max(1, int(pool_batches))
+    full, short = [], []
+    for start in range(0, len(order), pool):
+        chunk = order[start:start + pool]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        for i in range(0, len(chunk), batch_size):
+            (full if len(chunk[i:i + batch_size]) == batch_size else short).append(chunk[i:i + batch_size])
+    perm = np.random.default_rng([seed, epoch, 1]).permutation(len(full))
+    parts = [full[i] for i in perm] + short
+    return np.concatenate(parts) if parts else order
+
+
 def eval_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None = None) -> list[np.ndarray]:
     """Length-sorted batches for evaluation: each batch pads only to its own longest example.
 

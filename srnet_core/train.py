@@ -1,5 +1,5 @@
 """The one training loop: trains a given set of parameters (mask scores, or weights) with a given loss,
-evaluates every ``eval_every`` steps on every eval split, keeps the best-on-ID-dev snapshot, and can stop
+evaluates every ``eval_every`` steps (every eval split, or the ID selection split only: ``ood_eval_every``), keeps the best-on-ID-dev snapshot, and can stop
 and resume exactly (same batches, same dropout draws, same optimizer state).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import Encoded, epoch_order, eval_batches
+from .data import Encoded, epoch_order, eval_batches, grouped_epoch_order
 
 
 @dataclass
@@ -39,6 +39,16 @@ class TrainConfig:
     # Evals before this fraction of training are not eligible as "best" (0.7 when pruning a fine-tuned model).
     select_from: float = 0.0
     eval_at_start: bool = True  # evaluate before the first step (e.g. plain magnitude pruning); costs one pass
+    # When the splits other than the selection split (ID dev) are evaluated: None (default) at every
+    # evaluation; 0 only once, at the selected checkpoint, after training; k > 0 at steps that are multiples
+    # of k, and at the selected checkpoint. The selected rows are the same either way (selection reads ID dev
+    # only); what changes is the cost and how many points the OOD curves have. Stages that cannot restore
+    # their selected snapshot (IMP, gradual, structured) evaluate every split at every evaluation.
+    ood_eval_every: int | None = None
+    # Batches of similar length (sorted within shuffled pools of 50 batches, as HF's group_by_length), so a
+    # batch pads to near its own examples' length. It changes which examples share a batch, so it is off by
+    # default (the reference draws plain random batches); every example is still seen once per epoch.
+    group_by_length: bool = False
     seed: int = 0
     amp: str = "auto"  # "auto": bf16 autocast on a GPU that supports it; "off"; "bf16"
     # torch.compile the model for training and evaluation: False; True (= "inductor"); or a backend name.
@@ -50,6 +60,8 @@ class TrainConfig:
             raise ValueError(f"train.eval_batch_size must be a positive integer or 'auto', got {self.eval_batch_size!r}")
         if not isinstance(self.compile, (bool, str)):
             raise ValueError(f"train.compile must be true, false or a torch.compile backend name, got {self.compile!r}")
+        if self.ood_eval_every is not None and not (isinstance(self.ood_eval_every, int) and self.ood_eval_every >= 0):
+            raise ValueError(f"train.ood_eval_every must be null, 0 or a positive number of steps, got {self.ood_eval_every!r}")
         if self.grad_clip_mode not in ("global", "per_tensor"):
             raise ValueError(f"train.grad_clip_mode must be 'global' or 'per_tensor', got {self.grad_clip_mode!r}")
 
@@ -203,6 +215,7 @@ class EvalRecord:
     epoch: float
     metrics: dict[str, dict[str, float]]
     sparsity: float | None = None
+    partial: bool = False  # only the selection split was evaluated (ood_eval_every)
 
 
 class TrainLoop:
@@ -218,9 +231,12 @@ class TrainLoop:
                  after_step: Callable[[int], None] | None = None,
                  current_sparsity: Callable[[], float] | None = None,
                  extra_state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None,
-                 batch_offset: int = 0, lr_schedule: Callable[[int], float] | None = None):
+                 batch_offset: int = 0, lr_schedule: Callable[[int], float] | None = None,
+                 evaluate_selection: Callable[[], dict] | None = None,
+                 restore: Callable[[dict], None] | None = None):
         self.model, self.params, self.data, self.loss_fn, self.config = model, params, train_data, loss_fn, config
         self.evaluate, self.selection, self.snapshot = evaluate, selection, snapshot
+        self.evaluate_selection, self.restore = evaluate_selection, restore
         self.after_step = after_step or (lambda step: None)
         self.current_sparsity = current_sparsity
         self.extra_state = extra_state  # (get, set) for state outside params/optimizer, e.g. mask thresholds
@@ -287,8 +303,10 @@ class TrainLoop:
                 first = self.history[-1].step if self.history else 0
                 raise DivergenceError(f"training loss is {float(loss_sum)} between steps {first} and {self.step} "
                                       f"(lr {self.config.lr:g}): the run diverged; lower the learning rate")
-        record = EvalRecord(self.step, self.step / self.steps_per_epoch, self.evaluate(),
-                            self.current_sparsity() if self.current_sparsity else None)
+        full = self._full_eval()
+        record = EvalRecord(self.step, self.step / self.steps_per_epoch,
+                            self.evaluate() if full else self.evaluate_selection(),
+                            self.current_sparsity() if self.current_sparsity else None, partial=not full)
         self.history.append(record)
         eligible = record.epoch >= self.config.select_from * (self.total_steps / self.steps_per_epoch) - 1e-9
         value = self.selection(record.metrics)
@@ -297,13 +315,40 @@ class TrainLoop:
             self.best = {k: v.detach().cpu().clone() for k, v in self.snapshot().items()}
         return record
 
+    def _cadence(self) -> int | None:
+        """ood_eval_every when this loop can honour it (it can restore the selected snapshot), else None."""
+        if self.evaluate_selection is None or self.restore is None:
+            return None
+        return self.config.ood_eval_every
+
+    def _full_eval(self) -> bool:
+        every = self._cadence()
+        return every is None or (every > 0 and self.step % every == 0)
+
+    def complete_selected(self) -> None:
+        """Evaluate every split at the selected checkpoint if its evaluation was selection-only: restore the
+        selected snapshot, evaluate, put the live state back. Idempotent, so a resume after it is harmless."""
+        record = next((r for r in self.history if r.step == self.best_step), None)
+        if record is None or not record.partial or self.best is None:
+            return
+        live = {k: v.detach().clone() for k, v in self.snapshot().items()}
+        self.restore(self.best)
+        try:
+            metrics = self.evaluate()
+        finally:
+            self.restore(live)
+        record.metrics = {**metrics, **record.metrics}  # the selection split keeps the value it was chosen by
+        record.partial = False
+
     def batches(self):
         """Yield (step, batch) from the current step on; the order depends only on (seed, step)."""
         cached_epoch, order = -1, None
         while self.step < self.total_steps:
             epoch, position = divmod(self.step + self.batch_offset, self.steps_per_epoch)
             if epoch != cached_epoch:  # one permutation per epoch, not per step (392k rows for MNLI)
-                cached_epoch, order = epoch, epoch_order(len(self.data), self.config.seed, epoch)
+                cached_epoch = epoch
+                order = (grouped_epoch_order(self.data.lengths(), self.config.batch_size, self.config.seed, epoch)
+                         if self.config.group_by_length else epoch_order(len(self.data), self.config.seed, epoch))
             start = position * self.config.batch_size
             yield self.data.batch(order[start: start + self.config.batch_size])
 
@@ -338,3 +383,4 @@ class TrainLoop:
                 record = self.run_eval()
                 if on_eval:
                     on_eval(record, self)
+        self.complete_selected()

@@ -16,6 +16,9 @@ from srnet_core.stages import REGISTRY, get_kind
 _NOT_IN_KEY = {"device", "data_dir", "bias_file"}  # bias_file: its bias_sha256 is keyed
 # Training settings that change speed, not results (torch.compile is checked equal to eager in the tests).
 _TRAIN_NOT_IN_KEY = {"compile"}
+# Training settings added after keys were first published: keyed only when set, so every existing node keeps
+# its key (and its results) while a sweep that sets one re-keys exactly the nodes it changes.
+_TRAIN_KEYED_IF_SET = {"ood_eval_every": None, "group_by_length": False}
 
 
 @dataclass
@@ -47,7 +50,8 @@ class Node:
 
 def _keyed(name: str, value):
     if name == "train" and isinstance(value, dict):
-        return {k: v for k, v in value.items() if k not in _TRAIN_NOT_IN_KEY}
+        return {k: v for k, v in value.items()
+                if k not in _TRAIN_NOT_IN_KEY and not (k in _TRAIN_KEYED_IF_SET and v == _TRAIN_KEYED_IF_SET[k])}
     return value
 
 

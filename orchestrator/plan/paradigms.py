@@ -180,8 +180,9 @@ def _check_imp_level(f: NodeFactory, s: float) -> None:
 @paradigm("c")
 def _paradigm_c(f: NodeFactory, cell: Cell) -> None:
     """(c) mask training on the pre-trained model, no weight fine-tuning."""
-    for loss in f.spec.paradigm_options.c.losses or f.spec.grid.losses:
-        for s in f.spec.grid.sparsities:
+    opts = f.spec.paradigm_options.c
+    for loss in opts.losses or f.spec.grid.losses:
+        for s in opts.sparsities or f.spec.grid.sparsities:
             f.mask_train(cell, None, loss, s, "c")
 
 

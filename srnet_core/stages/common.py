@@ -33,9 +33,11 @@ class Context:
     model: torch.nn.Module
     started: float
 
-    def evaluate(self) -> dict[str, dict[str, float]]:
+    def evaluate(self, splits: list[str] | None = None) -> dict[str, dict[str, float]]:
         out = {}
         for name, enc in self.eval_enc.items():
+            if splits is not None and name not in splits:
+                continue
             logits = predict_logits(self.model, enc, self.cfg.train.eval_batch_size, self.device, self.cfg.train.amp)
             out[name] = self.task.metrics(name, logits, self.splits[name])
         return out
@@ -106,10 +108,23 @@ def _attach_example_inputs(ctx: Context) -> None:
         ctx.train_enc = ctx.train_enc.with_extra(name, values)
 
 
-def make_loop(ctx: Context, params, snapshot, after_step=None, current_sparsity=None, extra_state=None) -> TrainLoop:
+def make_loop(ctx: Context, params, snapshot, after_step=None, current_sparsity=None, extra_state=None,
+              restore=None) -> TrainLoop:
+    """restore(snapshot) puts a snapshot back into the model; with it, train.ood_eval_every applies."""
+    selection_split = ctx.task.id_eval_splits[0]
     return TrainLoop(ctx.model, params, ctx.train_enc, losses.get_loss(ctx.cfg.loss), ctx.cfg.train,
                      evaluate=ctx.evaluate, selection=ctx.selection, snapshot=snapshot, device=ctx.device,
-                     after_step=after_step, current_sparsity=current_sparsity, extra_state=extra_state)
+                     after_step=after_step, current_sparsity=current_sparsity, extra_state=extra_state,
+                     evaluate_selection=lambda: ctx.evaluate([selection_split]), restore=restore)
+
+
+def copy_into(params: dict) -> callable:
+    """restore() for loops whose snapshot is ``params`` itself (fine-tuning, re-training)."""
+    def restore(snapshot: dict) -> None:
+        with torch.no_grad():
+            for name, value in snapshot.items():
+                params[name].copy_(value)
+    return restore
 
 
 def run_loop(loop: TrainLoop, report: Report | None, resume_state: dict | None) -> None:

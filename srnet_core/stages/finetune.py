@@ -7,7 +7,7 @@ import os
 import torch
 
 from ..io import write_json
-from .common import Context, make_loop, rows_from_history, run_loop, save_state_dict, write_summary
+from .common import Context, copy_into, make_loop, rows_from_history, run_loop, save_state_dict, write_summary
 from .config import Report
 from .registry import StageKind, register
 
@@ -53,7 +53,8 @@ def finetune(ctx: Context, out_dir: str, report: Report | None, resume_state: di
                 save_state_dict(os.path.join(out_dir, name), ctx.model)
 
     os.makedirs(out_dir, exist_ok=True)
-    loop = make_loop(ctx, params, snapshot=lambda: params, after_step=after_step, current_sparsity=lambda: 0.0)
+    loop = make_loop(ctx, params, snapshot=lambda: params, after_step=after_step, current_sparsity=lambda: 0.0,
+                     restore=copy_into(params))
     files.update(checkpoint_schedule(ctx.cfg.save_fractions, loop.total_steps, ctx.cfg.save_steps))
     run_loop(loop, report, resume_state)
     if files:  # the timing predictor (docs/search.md)

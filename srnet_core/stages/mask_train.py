@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import time
+
+import torch
 from dataclasses import asdict
 
 from .. import losses
@@ -32,7 +34,8 @@ def mask_train(ctx: Context, out_dir: str, report: Report | None, resume_state: 
                  after_step=mask_set.project,
                  # reported over the encoder matrices, the protocol's denominator (section 1)
                  current_sparsity=lambda: mask_set.sparsity_report(encoder)["total"],
-                 extra_state=(mask_set.state_dict, mask_set.load_state_dict))
+                 extra_state=(mask_set.state_dict, mask_set.load_state_dict),
+                 restore=lambda snap: _set_masks(mask_set, names, snap))
     run_loop(loop, report, resume_state)
     os.makedirs(out_dir, exist_ok=True)
     best = {n: loop.best[f"mask:{n}"] for n in names}
@@ -40,6 +43,14 @@ def mask_train(ctx: Context, out_dir: str, report: Report | None, resume_state: 
     write_summary(ctx, out_dir, loop, measured_sparsity=sparsity_of({n: best[n] for n in encoder})["total"],
              measured_sparsity_all_masked=measured_all, prunable_params=count_prunable(ctx.model, names))
     return rows_from_history(loop.history, loop.best_step, ctx.task)
+
+
+def _set_masks(mask_set: MaskSet, names: list[str], snapshot: dict) -> None:
+    """Put a snapshot's binary masks into the model, scores untouched (what evaluation reads is the mask)."""
+    with torch.no_grad():
+        for n in names:
+            mask = mask_set.parametrization(n).mask
+            mask.copy_(snapshot[f"mask:{n}"].to(mask.device, mask.dtype))
 
 
 def _gradual_options(ctx: Context, initial: float):

@@ -7,7 +7,7 @@ import os
 import torch
 
 from ..masks import MaskConfig, MaskSet, load_masks
-from .common import Context, make_loop, rows_from_history, run_loop, save_state_dict, write_summary
+from .common import Context, copy_into, make_loop, rows_from_history, run_loop, save_state_dict, write_summary
 from .config import Report
 from .registry import StageKind, register
 
@@ -26,7 +26,8 @@ def retrain(ctx: Context, out_dir: str, report: Report | None, resume_state: dic
     params = {n: p for n, p in ctx.model.named_parameters() if p.requires_grad}
     encoder = [n for n in ctx.encoder_names() if n in names]
     measured = mask_set.sparsity_report(encoder)["total"]
-    loop = make_loop(ctx, params, snapshot=lambda: params, current_sparsity=lambda: measured)
+    loop = make_loop(ctx, params, snapshot=lambda: params, current_sparsity=lambda: measured,
+                     restore=copy_into(params))
     run_loop(loop, report, resume_state)
     with torch.no_grad():
         for name, value in loop.best.items():

@@ -71,6 +71,10 @@ class FileTask(Task):
         """Every split ``load`` accepts (eval splits plus extra ones such as OOD training sets)."""
         return list(self.FILES)
 
+    def file_split(self, split: str) -> str:
+        """The FILES entry ``split`` is read from (a task whose option re-routes a split overrides this)."""
+        return split
+
     def load(self, split: str) -> PairSplit:
         if split not in self.splits():
             raise ValueError(f"task '{self.name}' has no split '{split}'; known: {self.splits()}")

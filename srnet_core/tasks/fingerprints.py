@@ -122,6 +122,9 @@ KNOWN_FILES: dict[str, KnownFile] = {
     "reference/berts_of_a_feather_accuracies_by_run.csv": KnownFile(  # 100 runs, 4 summary rows, 7 empty rows
         111, "307a98e15c1e85e81694887f85b99fdc5b6de2b0e3108b989ac4d0ae0fd4a40d", kind="other"),
 }
+# File splits that are subsets of an official split by definition (train_source: train_subset): their rows
+# are tagged [subset]; the option that selects them is the user's knowing choice, so no allow_subset is needed.
+SUBSET_SPLITS = {("mnli", "train_subset"): "train", ("qqp", "train_subset"): "train"}
 _SUBSETS = {(f.task, f.split, f.sha256): (path, f.rows) for path, f in KNOWN_FILES.items() if f.kind == "subset"}
 _HEADERLESS = {f.sha256 for p, f in KNOWN_FILES.items() if p.endswith("contradicting_hans_heuristics.tsv")}
 
@@ -210,6 +213,8 @@ def check(task: str, split: str, path: str, info: dict) -> tuple[str, str | None
     """(status, problem): status "official" (the complete set), "unchecked" (nothing registered), or "subset"
     (a known subset, fewer/more rows, or a canonical file with another sha256), in which case ``problem``
     says why in one sentence; the caller refuses it unless allow_subset is set."""
+    if (task, split) in SUBSET_SPLITS:  # a subset by definition, chosen with train_source: tag it, never refuse
+        return "subset", None
     official = OFFICIAL.get((task, split))
     if official is None:
         return "unchecked", None
@@ -250,9 +255,8 @@ def needed_splits(task, ood_train: bool = False) -> list[str]:
 
 def file_split(task, split: str) -> str:
     """The split whose file ``split`` is read from (MNLI's train_source: dev_matched reads dev-matched)."""
-    if getattr(task.options, "train_source", "train") == "dev_matched" and split in ("train", "dev_matched"):
-        return "dev_matched"
-    return split
+    method = getattr(task, "file_split", None)
+    return method(split) if method is not None else split
 
 
 def task_files(task, splits: list[str]) -> dict[str, str]:

@@ -5,7 +5,8 @@ examples get label ``entailment`` and its non-entailment examples ``contradictio
 protocol uses when HANS is training data); HANS metrics collapse the model's 3-way predictions to
 entailment vs non-entailment and score them per heuristic x label.
 
-Splits: train, dev_matched, dev_mismatched (ID), hans (OOD), and hans_train (not evaluated; the HANS
+Splits: train (GLUE train.tsv, or with ``train_source: train_subset`` the 29,524-row subset of MNLI train that
+../shared/data has), dev_matched, dev_mismatched (ID), hans (OOD), and hans_train (not evaluated; the HANS
 training set, for OOD-augmented runs). Ids: the GLUE ``index`` column for MNLI (the index the reference's
 bias .npy uses), ``pairID`` for the official HANS file, else the 0-based row number.
 """
@@ -41,6 +42,10 @@ def _hans(what: str, names: tuple[str, ...]) -> FileSpec:
 
 FILES = {
     "train": _mnli("MNLI train", ("MNLI/train.tsv", "mnli/train.tsv", "glue_data/MNLI/train.tsv")),
+    # a sample of MNLI train (../shared/data/README.md: 29,524 pairs, none in either dev set), for machines
+    # without the 392,702-row file; read as the train split when train_source is train_subset
+    "train_subset": _mnli("MNLI train subset", ("mnli/mnli_train_subset.tsv", "MNLI/train_subset.tsv",
+                                                "mnli/train_subset.tsv")),
     "dev_matched": _mnli("MNLI dev-matched", ("MNLI/dev_matched.tsv", "mnli/dev_matched.tsv",
                                               "mnli/mnli_dev_matched.tsv", "glue_data/MNLI/dev_matched.tsv")),
     "dev_mismatched": _mnli("MNLI dev-mismatched", ("MNLI/dev_mismatched.tsv", "mnli/dev_mismatched.tsv",
@@ -61,7 +66,9 @@ class MnliOptions(FileTaskOptions):
     """MNLI options (plus those of every file task: paths, max_train_rows, max_eval_rows, subsample_seed,
     source).
 
-    train_source: "train" (GLUE train.tsv; ID eval on dev-matched and dev-mismatched) or "dev_matched"
+    train_source: "train" (GLUE train.tsv; ID eval on dev-matched and dev-mismatched), "train_subset" (a
+        subset of MNLI train, ``mnli/mnli_train_subset.tsv``; the same full dev sets; rows tag it
+        ``train_subset=<sha>[subset]`` in data_fingerprint and its nodes have their own keys) or "dev_matched"
         (no MNLI train at hand: train on a fixed, seeded ``train_size``-row subset of dev-matched and use
         the remaining rows as the ID dev set; dev-mismatched is not evaluated).
     train_size / split_seed: size and seed of that subset (8,000 of 9,815 leaves 1,815 dev rows).
@@ -90,15 +97,36 @@ class MnliTask(FileTask):
     def __init__(self, data_dir: str | None = None, **options):
         super().__init__(data_dir, **options)
         o = self.options
-        if o.train_source not in ("train", "dev_matched"):
-            raise ValueError(f"task 'mnli': option train_source must be 'train' or 'dev_matched', "
+        if o.train_source not in ("train", "train_subset", "dev_matched"):
+            raise ValueError(f"task 'mnli': option train_source must be 'train', 'train_subset' or 'dev_matched', "
                              f"not {o.train_source!r}")
+        if o.train_source == "train_subset" and o.source != "files":
+            raise ValueError("task 'mnli': option train_source 'train_subset' reads a file; set source: files")
         if o.train_source == "dev_matched":
             self.id_eval_splits = ["dev_matched"]
         else:
             self.id_eval_splits = ["dev_matched"] + (["dev_mismatched"] if o.eval_mismatched else [])
 
+    def file_split(self, split: str) -> str:
+        """The split whose file ``split`` is read from."""
+        source = self.options.train_source
+        if source == "dev_matched" and split in ("train", "dev_matched"):
+            return "dev_matched"
+        if source == "train_subset" and split == "train":
+            return "train_subset"
+        return split
+
+    @staticmethod
+    def size_hint(which: str, **options) -> int | None:
+        """Training rows without reading the file (the planner's step counts), for the subset source."""
+        if which == "train" and options.get("train_source") == "train_subset":
+            size = 29_524  # mnli/mnli_train_subset.tsv (tests/test_real_loaders.py checks the count)
+            return min(size, options.get("max_train_rows") or size)
+        return None
+
     def _load_full(self, split: str) -> PairSplit:
+        if self.file_split(split) == "train_subset" and split == "train":
+            return self._read_file("train_subset", "train")
         if self.options.train_source == "dev_matched" and split in ("train", "dev_matched"):
             full = super()._load_full("dev_matched")
             train_idx, rest_idx = self._dev_split(len(full))

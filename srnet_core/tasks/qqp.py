@@ -4,18 +4,21 @@ Labels [not_duplicate, duplicate] = 0/1 as in GLUE and PAWS. The ID metric is th
 class. PAWS sets are imbalanced (PAWS-QQP dev_and_test: 486 / 191), so a constant predictor can beat a
 biased model on F1: they also report accuracy, the F1 of each class and per-class accuracy.
 
-Splits: train, dev (ID); paws_qqp (dev_and_test, 677), paws_wiki (test, 8,000) (OOD); paws_qqp_train,
+Splits: train, dev (ID; with ``train_source: train_subset`` both come from the 9,999-row QQP train subset of
+../shared/data, the dev split a seeded held-out slice of it, since QQP dev is not available there); paws_qqp (dev_and_test, 677), paws_wiki (test, 8,000) (OOD); paws_qqp_train,
 paws_wiki_train and paws_wiki_dev are loadable but not evaluated (the first two are the OOD training data
 of ``add_ood_train``). Ids: the files' ``id`` column (GLUE's pair id for QQP, the
 key of the reference's bias dict).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .. import metrics as M
 from .base import PairSplit
-from .file_task import FileTask
+from .file_task import FileTask, FileTaskOptions
 from .files import FileSpec
 
 LABELS = ["not_duplicate", "duplicate"]
@@ -41,6 +44,10 @@ def _paws(what, names, source):
 FILES = {
     "train": _qqp("QQP train", ("QQP/train.tsv", "qqp/train.tsv", "glue_data/QQP/train.tsv")),
     "dev": _qqp("QQP dev", ("QQP/dev.tsv", "qqp/dev.tsv", "glue_data/QQP/dev.tsv")),
+    # a sample of QQP train (../shared/data/README.md: 9,999 pairs, none in PAWS-QQP), for machines without
+    # GLUE's QQP; with train_source train_subset it is both the train split and (a held-out slice) the dev split
+    "train_subset": _qqp("QQP train subset", ("qqp/qqp_train_subset.tsv", "QQP/train_subset.tsv",
+                                              "qqp/train_subset.tsv")),
     "paws_qqp": _paws("PAWS-QQP dev_and_test", ("paws_qqp/dev_and_test.tsv", "paws/qqp/dev_and_test.tsv",
                                                  "paws_final/dev_and_test.tsv", "PAWS-QQP/dev_and_test.tsv"),
                       _PAWS_QQP),
@@ -55,9 +62,25 @@ FILES = {
 }
 
 
+@dataclass
+class QqpOptions(FileTaskOptions):
+    """QQP options (plus those of every file task).
+
+    train_source: "train" (GLUE train.tsv and dev.tsv) or "train_subset" (the QQP train subset
+        ``qqp/qqp_train_subset.tsv``: a seeded ``dev_size``-row slice of it is the ID dev set, the rest is
+        trained on; rows tag it ``train_subset=<sha>[subset]`` and its nodes have their own keys).
+    dev_size / split_seed: size and seed of that held-out slice (1,000 of 9,999 leaves 8,999 to train on).
+    """
+
+    train_source: str = "train"
+    dev_size: int = 1000
+    split_seed: int = 0
+
+
 class QqpTask(FileTask):
     name = "qqp"
     label_names = LABELS
+    Options = QqpOptions
     FILES = FILES
     LABEL_MAPS = {"default": {"0": 0, "1": 1}}
     skip_malformed = 1e-3  # GLUE's QQP reader skips rows with missing fields; more than 0.1% is an error
@@ -69,6 +92,42 @@ class QqpTask(FileTask):
     # OOD upper bound: + PAWS-QQP train (11,988) + PAWS-Wiki train (49,401), both required: the reference
     # trains on both (--dataset_names qqp,paws_qqp,paws_wiki), and a run without one would be another experiment
     OOD_TRAIN = (("paws_qqp_train", 1, True), ("paws_wiki_train", 1, True))
+
+    def __init__(self, data_dir: str | None = None, **options):
+        super().__init__(data_dir, **options)
+        o = self.options
+        if o.train_source not in ("train", "train_subset"):
+            raise ValueError(f"task 'qqp': option train_source must be 'train' or 'train_subset', not {o.train_source!r}")
+        if o.train_source == "train_subset" and o.source != "files":
+            raise ValueError("task 'qqp': option train_source 'train_subset' reads a file; set source: files")
+        if not (isinstance(o.dev_size, int) and o.dev_size >= 1):
+            raise ValueError(f"task 'qqp': option dev_size must be a positive integer, not {o.dev_size!r}")
+
+    def file_split(self, split: str) -> str:
+        """The split whose file ``split`` is read from."""
+        if self.options.train_source == "train_subset" and split in ("train", "dev"):
+            return "train_subset"
+        return split
+
+    @staticmethod
+    def size_hint(which: str, **options) -> int | None:
+        if which == "train" and options.get("train_source") == "train_subset":
+            size = 9_999 - int(options.get("dev_size", 1000))  # qqp/qqp_train_subset.tsv minus the held-out dev
+            return min(size, options.get("max_train_rows") or size)
+        return None
+
+    def _load_full(self, split: str) -> PairSplit:
+        if self.file_split(split) != "train_subset":
+            return super()._load_full(split)
+        full = self._read_file("train_subset", split)
+        size = self.options.dev_size
+        if not 0 < size < len(full):
+            raise ValueError(f"task 'qqp': option dev_size must be between 1 and {len(full) - 1} (the QQP train "
+                             f"subset has {len(full)} rows), not {size}")
+        perm = np.random.default_rng(self.options.split_seed).permutation(len(full))
+        out = full.subset(np.sort(perm[:size] if split == "dev" else perm[size:]))
+        out.name = split
+        return out
 
     def primary_metric(self, split: str) -> str:
         return "f1_duplicate"
