@@ -197,3 +197,21 @@ def test_docs_list_the_paradigm_registry():
     section = text.split("## Paradigms and the stages they plan")[1].split("\n## ")[0]
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M))
     assert documented == set(PARADIGMS) | set(SWEEP_PARADIGMS) == set(typing.get_args(Paradigm))
+
+
+def test_paradigm_c_sparsities_narrow_the_c_arm_only():
+    full = build_plan(spec_with(paradigms=["a", "c"]))
+    d = copy.deepcopy(BASE)
+    d["grid"].update(paradigms=["a", "c"])
+    d["paradigm_options"] = {"c": {"sparsities": [0.5]}}
+    narrow = build_plan(parse_spec(d))
+
+    def c_nodes(plan):
+        return {n.key: n.stage_config["sparsity"] for n in stages(plan, "mask_train") if "init_weights" not in n.inputs}
+    assert sorted(c_nodes(full).values()) == [0.5] * 4 + [0.7] * 4 + [0.9] * 4  # 2 losses x 2 seeds each
+    assert sorted(c_nodes(narrow).values()) == [0.5] * 4
+    assert set(c_nodes(narrow)) < set(c_nodes(full))  # the same nodes, same keys, fewer of them
+    assert len(stages(narrow, "mask_train")) == len(stages(full, "mask_train")) - 8  # (a) untouched
+    d["paradigm_options"] = {"c": {"sparsities": [1.5]}}
+    with pytest.raises(SpecError, match="outside"):
+        parse_spec(d)

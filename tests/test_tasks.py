@@ -167,7 +167,7 @@ def test_no_data_dir_and_bad_options(monkeypatch):
         get_task("qqp").load("paws_qqp")
     with pytest.raises(ValueError, match="unknown option 'train_sorce'"):
         get_task("mnli", train_sorce="dev_matched")
-    with pytest.raises(ValueError, match="train_source must be 'train' or 'dev_matched'"):
+    with pytest.raises(ValueError, match="train_source must be 'train', 'train_subset' or 'dev_matched'"):
         get_task("mnli", train_source="dev")
     with pytest.raises(ValueError, match="max_eval_rows must be a positive integer"):
         get_task("qqp", max_eval_rows=0)
