@@ -20,7 +20,8 @@ Reported per run: makespan (first hand-out to last end), utilisation = GPU work 
 makespan), held = GPU time from each trial's start to its end / (GPUs x makespan), pending seconds (trial
 start - hand-out), the most GPU trials handed out and not ended at once, the share of node pairs started
 in the same order as in the replay, and the GPU-seconds lost per trial against the replay ((makespan - the
-replay's) x GPUs / GPU trials: Tune's hand-off, which real node durations of minutes to hours dwarf). JSON (with every node's times) to ``--out``.
+replay's) x GPUs / GPU trials: Tune's hand-off, which real node durations of minutes to hours dwarf).
+JSON (with every node's times) to ``--out``.
 """
 from __future__ import annotations
 
@@ -102,7 +103,8 @@ def real(plan: Plan, est: dict, actual: dict, gpus: int, policy: str, workdir: s
                  for stage in {n.stage for n in plan.nodes.values()}}
     totals = ray.cluster_resources()
     cluster = {"nodes": [{"CPU": totals.get("CPU", 0.0), "GPU": totals.get("GPU", 0.0)}], "node_types": None}
-    run = TuneRun(spec, ArtifactStore(os.path.join(workdir, "artifacts")), scheduler, None, resources, cluster,
+    no_rows = SimpleNamespace(submit=lambda node, status, message: None)  # a sleep writes no rows to publish
+    run = TuneRun(spec, ArtifactStore(os.path.join(workdir, "artifacts")), scheduler, no_rows, resources, cluster,
                   trainable_fn=make_sleeper(actual), admission=None if policy == "bounded" else False)
     width = concurrent_width(spec, plan, list(plan.nodes.values()))
     began = time.time()

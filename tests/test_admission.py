@@ -126,6 +126,25 @@ def test_no_autoscaler_no_request():
     assert sent == []
 
 
+def test_the_launch_signals_the_autoscaler_only_where_there_can_be_one(tmp_path):
+    from types import SimpleNamespace
+
+    from orchestrator.tune_run import TuneRun
+
+    spec = SimpleNamespace(resources=SimpleNamespace(max_concurrent_trials=None))
+    s, _ = dag()
+    resources = {"finetune": {"cpu": 2.0, "gpu": 1.0}, "bias_model": {"cpu": 1.0, "gpu": 0.0}}
+
+    def run(cluster):
+        return TuneRun(spec, None, s, None, dict(resources), cluster)
+    local = run({"nodes": [], "node_types": None, "joined": False})
+    assert local.admission is not None and not local.admission.autoscale  # bounded, nothing to signal
+    assert local.request(s.nodes[next(iter(s.nodes))]) == {"CPU": 2.0, "GPU": 1.0}  # what Tune is asked for
+    assert run({"nodes": [], "node_types": [{"name": "gpu", "CPU": 8, "GPU": 1, "max_count": 4}]}).admission.autoscale
+    assert run({"nodes": [], "node_types": None, "joined": True}).admission.autoscale  # v1: may have one
+    assert TuneRun(spec, None, s, None, resources, {}, admission=False).admission is None  # the old hand-out
+
+
 def test_request_reaches_the_gcs(ray_env):
     """Through Ray's own request_resources (v1 autoscaler channel in the GCS key-value store)."""
     from ray._private.ray_constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
