@@ -55,8 +55,11 @@ def simulate_waves(plan: Plan, actual: dict[str, float], gpus: int) -> tuple[flo
     return t, busy
 
 
-def simulate_dag(plan: Plan, actual: dict[str, float], gpus: int, priority: bool) -> tuple[float, float]:
-    sched = DagScheduler(duration=node_seconds if priority else (lambda node: 0.0))
+def simulate_dag(plan: Plan, actual: dict[str, float], gpus: int, priority: bool, duration=node_seconds,
+                 starts: dict[str, float] | None = None) -> tuple[float, float]:
+    """(makespan, GPU-busy seconds); ``duration``: the estimate priorities come from; ``starts``: filled with
+    each node's start time (bench/tune_order.py compares them with the real Tune path's)."""
+    sched = DagScheduler(duration=duration if priority else (lambda node: 0.0))
     sched.add_nodes(plan.nodes.values())
     events: list[tuple[float, int, str]] = []  # (finish time, seq, key)
     seq, t, free, busy = 0, 0.0, gpus, 0.0
@@ -70,6 +73,8 @@ def simulate_dag(plan: Plan, actual: dict[str, float], gpus: int, priority: bool
             if uses_gpu(node):
                 free -= 1
                 busy += actual[node.key]
+            if starts is not None:
+                starts[node.key] = t
             heapq.heappush(events, (t + actual[node.key], seq, node.key))
             seq += 1
         if not events:

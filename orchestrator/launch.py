@@ -152,8 +152,10 @@ def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, compl
         # Tune's new console output prints its experiment header even at verbose=0; the legacy one is silent
         "RAY_AIR_NEW_OUTPUT": None if verbose else "0",
         # With a custom Searcher Tune keeps ONE pending trial unless told otherwise: ready nodes would then
-        # start one at a time and an autoscaler would see demand for one GPU at a time. Let as many be pending
-        # as can run (unless the caller set it).
+        # start one at a time. Tune may ask for up to this many per step; the searcher hands out only what
+        # fits the free resources (orchestrator/admission.py), so pending trials never queue behind each other
+        # and a critical-path node that becomes ready later is the next to start. The autoscaler learns the
+        # rest of the ready queue from request_resources, not from pending trials (unless the caller set it).
         "TUNE_MAX_PENDING_TRIALS_PG": os.environ.get("TUNE_MAX_PENDING_TRIALS_PG",
                                                      str(min(200, concurrent_width(spec, plan, todo)))),
     }
@@ -162,6 +164,7 @@ def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, compl
         with env_vars(**env), quiet, LiveProgress(plan, scheduler, gpus, console, every=every):
             run.tuner(verbose).fit()
     finally:
+        run.close()
         publisher.close()
     errors, finished = run.outcome()
     return errors, publisher.failures, finished

@@ -5,6 +5,9 @@ against the plan's estimate, and an ETA.
 every ``every`` seconds otherwise (only when something changed). ``status_view`` builds the same table for a
 sweep running elsewhere, from the artifact store and the results alone (``launch SPEC --status``).
 
+GPU-hours spent count from each node's trial start (``DagScheduler.started_at``, Tune's ``on_trial_start``), not
+from its hand-out to Tune: a node waiting in Tune spends none (docs/execution.md).
+
 ETA: the estimated seconds of the nodes not yet ended, scaled by how this launch's finished nodes compared
 with their estimates and divided by the concurrency observed so far; shown once a node has finished.
 """

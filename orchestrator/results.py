@@ -44,7 +44,8 @@ COLUMNS: dict[str, pa.DataType] = {
     "mask_epochs": pa.float64(),
     "step": pa.int64(), "epoch": pa.float64(), "eval_dataset": pa.string(), "eval_role": pa.string(),
     "metric": pa.string(), "value": pa.float64(), "selected": pa.bool_(), "measured_sparsity": pa.float64(),
-    "started_at": _TIMESTAMP, "ended_at": _TIMESTAMP, "wall_seconds": pa.float64(), "gpu_hours": pa.float64(),
+    "queued_at": _TIMESTAMP, "started_at": _TIMESTAMP, "ended_at": _TIMESTAMP,
+    "wall_seconds": pa.float64(), "gpu_hours": pa.float64(),
     "gpus_used": pa.float64(), "code_version": pa.string(), "hostname": pa.string(), "gpu_type": pa.string(),
     "torch_version": pa.string(), "ray_node_id": pa.string(), "node_ip": pa.string(),
 }
@@ -67,7 +68,7 @@ CURVE_BY = ["task", "backbone", "paradigm", "method", "loss", *DESIGN_COLUMNS]
 _SEED_COLUMNS = {"seed", "cfg.seed", "cfg.train.seed"}
 # Columns that legitimately differ between the seeds of one curve point (outputs, timing, provenance).
 _PER_RUN = {"node_key", "value", "step", "epoch", "selected", "measured_sparsity", "status", "error",
-            *PROVENANCE, *_SEED_COLUMNS, "ray_node_id", "node_ip"}
+            *PROVENANCE, *_SEED_COLUMNS, "ray_node_id", "node_ip", "queued_at"}
 
 
 # -- writing ------------------------------------------------------------------------------------------------

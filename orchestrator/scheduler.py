@@ -6,10 +6,17 @@ the longest estimated chain of work that waits on it, ``orchestrator.plan.node_s
 every descendant *skipped* at once, naming the failed node, while independent nodes go on.
 
 ``NodeSearcher`` is the Tune hook: a ``ray.tune.search.Searcher`` whose ``suggest`` returns the next ready
-node's trial config, ``None`` while everything left waits on running nodes, and ``Searcher.FINISHED`` once no
-node is waiting, ready or running (and the scheduler is closed). The Tuner runs with ``num_samples=-1``, so Tune
-keeps asking until FINISHED. bench/scheduler.py replays a plan through the same ``DagScheduler`` (same ordering
-code) in an event simulation.
+node's trial config, ``None`` while everything left waits on running nodes (or, with an ``Admission``, while
+the ready nodes do not fit the resources free now), and ``Searcher.FINISHED`` once no node is waiting, ready
+or running (and the scheduler is closed). The Tuner runs with ``num_samples=-1``, so Tune keeps asking until
+FINISHED. bench/scheduler.py replays a plan through the same ``DagScheduler`` (same ordering code) in an event
+simulation; bench/tune_order.py runs one through the real Tune path with fake GPUs.
+
+Handing a node to Tune is not starting it: Tune starts its pending trials in its own order (FIFO, and with
+actor reuse a freed actor goes to any pending trial of the same shape). So the launch's searcher hands out
+only what can start now (``orchestrator.admission.Admission``: the cluster's resources minus those of the
+trials handed out and not ended); the rest stays in the ready queue, in priority order, and is signalled to
+the autoscaler. A critical-path node that becomes ready later is then the next one handed out.
 
 API for other producers of nodes (e.g. an Optuna study whose trials are ordinary content-keyed nodes):
 
@@ -27,8 +34,10 @@ API for other producers of nodes (e.g. an Optuna study whose trials are ordinary
   Nodes it adds are published like the plan's. While nothing is ready or running, Tune polls ``suggest``
   about once a second.
 
-States: ``waiting`` (an input is not complete yet), ``ready``, ``running``, ``done`` (finished in this launch),
-``cached`` (complete before the launch: never run again), ``failed``, ``skipped``.
+States: ``waiting`` (an input is not complete yet), ``ready``, ``running`` (handed to Tune: pending or
+running there), ``done`` (finished in this launch), ``cached`` (complete before the launch: never run again),
+``failed``, ``skipped``. Times: ``queued_at`` (handed to Tune), ``started_at`` (its trial actually started:
+``node_started``, from Tune's ``on_trial_start``), ``ended_at``; GPU-hours count from ``started_at``.
 """
 from __future__ import annotations
 
@@ -62,10 +71,14 @@ class DagScheduler:
         self.children: dict[str, list[str]] = {}
         self.duration: dict[str, float] = {}
         self.priority: dict[str, float] = {}
-        self.started_at: dict[str, float] = {}
+        self.queued_at: dict[str, float] = {}  # handed to Tune
+        self.started_at: dict[str, float] = {}  # its trial started running (node_started)
         self.ended_at: dict[str, float] = {}
         self._missing: dict[str, int] = {}  # key -> inputs not complete yet
-        self._heap: list[tuple[float, int, str]] = []
+        # ready nodes, one heap per stage (a stage's trials all ask the same resources: next_ready's ``fits``
+        # is asked once per stage, not once per ready node); entries whose node is no longer ready are dropped
+        # when met
+        self._heaps: dict[str, list[tuple[float, int, str]]] = {}
         self._seq = itertools.count()
         self._callbacks: list[Callable] = []
         self._open = keep_open
@@ -108,8 +121,12 @@ class DagScheduler:
                 self._missing[node.key] = len(blocked)
                 self.status[node.key] = WAITING if blocked else READY
             self.priority = remaining_path(self.nodes, self.children, self.duration)
-            self._heap = [(-self.priority[k], next(self._seq), k) for k, s in self.status.items() if s == READY]
-            heapq.heapify(self._heap)
+            self._heaps = {}
+            for k, s in self.status.items():
+                if s == READY:
+                    self._heaps.setdefault(self.nodes[k].stage, []).append((-self.priority[k], next(self._seq), k))
+            for heap in self._heaps.values():
+                heapq.heapify(heap)
             skipped_now = [self.nodes[n.key] for n in added if self.status[n.key] == SKIPPED]
         for node in skipped_now:
             self._notify(node, SKIPPED, self.message[node.key])
@@ -124,16 +141,48 @@ class DagScheduler:
         self._callbacks.append(callback)
 
     # -- running ----------------------------------------------------------------------------------------------
-    def next_ready(self):
-        """The ready node with the longest remaining path (now marked running), or None."""
+    def _push(self, key: str) -> None:
+        heapq.heappush(self._heaps.setdefault(self.nodes[key].stage, []), (-self.priority[key], next(self._seq), key))
+
+    def _tops(self) -> list[tuple[float, int, str, str]]:
+        """(-priority, seq, key, stage) of each stage's best ready node, best first (stale entries dropped)."""
+        tops = []
+        for stage, heap in self._heaps.items():
+            while heap and self.status.get(heap[0][2]) != READY:
+                heapq.heappop(heap)
+            if heap:
+                tops.append((*heap[0], stage))
+        return sorted(tops)
+
+    def next_ready(self, fits: Callable[[object], bool] | None = None):
+        """The ready node with the longest remaining path (now marked running, ``queued_at`` stamped), or None.
+        ``fits(node)``: whether the node can start now; the best ready node that fits is returned (a node
+        that does not fit stays ready, in its place). It must answer alike for every node of a stage."""
         with self._lock:
-            while self._heap:
-                _, _, key = heapq.heappop(self._heap)
-                if self.status.get(key) == READY:
+            for _, _, key, stage in self._tops():
+                node = self.nodes[key]
+                if fits is None or fits(node):
+                    heapq.heappop(self._heaps[stage])
                     self.status[key] = RUNNING
-                    self.started_at[key] = time.time()
-                    return self.nodes[key]
+                    self.queued_at[key] = time.time()
+                    self.started_at.pop(key, None)  # a re-opened node: its new run's times
+                    self.ended_at.pop(key, None)
+                    return node
             return None
+
+    def node_started(self, key: str, at: float | None = None) -> None:
+        """The node's trial started running (its resources are held from now: GPU-hours count from here). A
+        retried trial keeps its first start."""
+        with self._lock:
+            if self.status.get(key) == RUNNING and key not in self.started_at:
+                self.started_at[key] = time.time() if at is None else at
+
+    def ready_nodes(self, limit: int | None = None) -> list:
+        """The ready nodes (not handed out), longest remaining path first; at most ``limit``."""
+        with self._lock:
+            entries = sorted(e for heap in self._heaps.values() for e in heap if self.status.get(e[2]) == READY)
+            keys = list(dict.fromkeys(key for _, _, key in entries))  # a node re-readied has two entries
+            return [self.nodes[k] for k in keys[:limit]]
 
     @property
     def finished(self) -> bool:
@@ -165,7 +214,7 @@ class DagScheduler:
                 return False
             self._reopened[key] = self._reopened.get(key, 0) + 1
             self.status[key] = READY
-            heapq.heappush(self._heap, (-self.priority[key], next(self._seq), key))
+            self._push(key)
             for child in self.children[key]:
                 if child == waiter or self.status[child] in (WAITING, READY):
                     self.status[child] = WAITING
@@ -184,7 +233,7 @@ class DagScheduler:
                     self._missing[child] -= 1
                     if self._missing[child] == 0:
                         self.status[child] = READY
-                        heapq.heappush(self._heap, (-self.priority[child], next(self._seq), child))
+                        self._push(child)
             node = self.nodes[key]
         self._notify(node, DONE, "")
 
@@ -251,9 +300,12 @@ class DagScheduler:
 
 
 def make_searcher(scheduler: DagScheduler, payload: Callable[[object], dict],
-                  error_of: Callable[[str], str] | None = None):
+                  error_of: Callable[[str], str] | None = None, admission=None):
     """A Tune Searcher suggesting the scheduler's ready nodes; ``payload(node)`` is the node's trial config and
-    ``error_of(trial_id)`` the one-line error of a failed trial (Tune gives a Searcher only the trial id)."""
+    ``error_of(trial_id)`` the one-line error of a failed trial (Tune gives a Searcher only the trial id).
+    ``admission`` (``orchestrator.admission.Admission``): hand out only nodes that fit the resources free now,
+    and signal the ready queue to the autoscaler; None hands out every ready node at once (Tune then decides
+    which pending trial starts first)."""
     from ray.tune.search import Searcher
 
     from workers.trainable import ERROR_KEY, REOPEN_KEY
@@ -264,7 +316,14 @@ def make_searcher(scheduler: DagScheduler, payload: Callable[[object], dict],
             self.trial_node: dict[str, str] = {}
 
         def suggest(self, trial_id: str):
-            node = scheduler.next_ready()
+            if admission is None:
+                node = scheduler.next_ready()
+            else:
+                admission.refresh()
+                node = scheduler.next_ready(admission.fits)
+                if node is not None:
+                    admission.claim(trial_id, node)
+                admission.signal(scheduler)
             if node is None:
                 return Searcher.FINISHED if scheduler.finished else None
             self.trial_node[trial_id] = node.key
@@ -272,6 +331,8 @@ def make_searcher(scheduler: DagScheduler, payload: Callable[[object], dict],
 
         def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
             key = self.trial_node.pop(trial_id, None)
+            if admission is not None:
+                admission.release(trial_id)  # its resources are free for the next node handed out
             if key is None:
                 return
             if error:

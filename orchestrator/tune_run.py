@@ -2,7 +2,9 @@
 inputs complete (``orchestrator.launch.run_plan`` drives it).
 
 * ``TuneRun``: trial configs (node payloads sized per stage), per-trial resources, each failed trial's
-  one-line error, and the ``tune.Tuner`` built from them.
+  one-line error, and the ``tune.Tuner`` built from them. Its searcher hands out only what can start now
+  (``orchestrator.admission``) and each node's ``started_at`` is stamped when its trial starts (Tune's
+  ``on_trial_start``), not when it is handed out (``queued_at``).
 * ``env_vars(**changes)``: environment variables set for a block and restored on exit.
 * ``tune_logs_to_events(store)``: Tune's log records (the "Trial task failed" tracebacks among them) go to
   the artifact store's events log instead of the console, so a failed node reads as one line there.
@@ -118,6 +120,10 @@ class _TrackTrials(tune.Callback):
     def on_trial_add(self, iteration, trials, trial, **info):
         self.run.trials[trial.trial_id] = trial
 
+    def on_trial_start(self, iteration, trials, trial, **info):
+        # its actor holds the trial's resources from now (a new actor, or a reused one after its reset)
+        self.run.scheduler.node_started(trial.config["node"]["key"])
+
     def on_trial_error(self, iteration, trials, trial, **info):
         self.run.late_error(trial)
 
@@ -127,21 +133,44 @@ class _TrackTrials(tune.Callback):
 
 class TuneRun:
     """One Tune run over a scheduler's nodes. ``resources``: {stage: trial resources} (a stage only a
-    producer's nodes use is sized when its first node comes up); ``publisher``: the launch's RowPublisher."""
+    producer's nodes use is sized when its first node comes up); ``publisher``: the launch's RowPublisher.
+    ``trainable_fn``: the function each trial runs (default: the stage trainable; bench/tune_order.py passes a
+    sleep). ``admission``: an ``orchestrator.admission.Admission`` (default: one over the Ray cluster's
+    resources, signalling the autoscaler when the cluster has one); False hands out every ready node at once
+    (the behaviour before issue 24, kept for measuring it)."""
 
-    def __init__(self, spec, store, scheduler, publisher, resources: dict, cluster: dict):
+    def __init__(self, spec, store, scheduler, publisher, resources: dict, cluster: dict, trainable_fn=None,
+                 admission=None):
         self.spec, self.store, self.scheduler, self.publisher = spec, store, scheduler, publisher
         self.resources, self.cluster = resources, cluster
+        self.trainable = trainable_fn or trainable
+        if admission is None:
+            from .admission import Admission
+
+            autoscale = cluster.get("node_types") is not None or bool(cluster.get("joined"))
+            admission = Admission(self.request, autoscale=autoscale,
+                                  max_bundles=spec.resources.max_concurrent_trials or 1000)
+        self.admission = admission or None
         self.trials: dict = {}  # trial id -> Trial, for its error text
 
-    def payload(self, node) -> dict:
-        from .launch import node_payload, node_resources
+    def stage_resources(self, stage: str) -> dict:
+        from .launch import node_resources
 
-        if node.stage not in self.resources:
-            self.resources[node.stage] = node_resources(self.spec, node.stage, 1, self.cluster)
-        res = self.resources[node.stage]
+        if stage not in self.resources:
+            self.resources[stage] = node_resources(self.spec, stage, 1, self.cluster)
+        return self.resources[stage]
+
+    def request(self, node) -> dict:
+        """The node's trial resources as Ray names them (what ``trial_resources`` asks Tune for)."""
+        res = self.stage_resources(node.stage)
+        return {"CPU": res["cpu"], "GPU": res["gpu"]}
+
+    def payload(self, node) -> dict:
+        from .launch import node_payload
+
+        res = self.stage_resources(node.stage)
         node.stage_config["device"] = "cuda" if res["gpu"] > 0 else "cpu"
-        return node_payload(node, self.store, res)
+        return {**node_payload(node, self.store, res), "queued_at": self.scheduler.queued_at.get(node.key)}
 
     def error_of(self, trial_id: str) -> str:
         return trial_error(self.trials.get(trial_id)) or "failed"
@@ -161,9 +190,9 @@ class TuneRun:
 
         spec = self.spec
         return tune.Tuner(
-            tune.with_resources(trainable, trial_resources),
+            tune.with_resources(self.trainable, trial_resources),
             tune_config=tune.TuneConfig(
-                search_alg=make_searcher(self.scheduler, self.payload, self.error_of),
+                search_alg=make_searcher(self.scheduler, self.payload, self.error_of, self.admission),
                 num_samples=-1,  # the searcher says when it is done (Searcher.FINISHED)
                 max_concurrent_trials=spec.resources.max_concurrent_trials,
                 reuse_actors=True,  # a new trial process costs seconds (torch + transformers imports)
@@ -179,6 +208,11 @@ class TuneRun:
                 verbose=1 if verbose else 0,
             ),
         )
+
+    def close(self) -> None:
+        """After the run: the autoscaler's demand is withdrawn."""
+        if self.admission is not None:
+            self.admission.close()
 
     def outcome(self) -> tuple[dict[str, str], set[tuple[str, str]]]:
         """({node key: error} of failed, skipped and never-run nodes, (stage, key) of the nodes done)."""

@@ -27,7 +27,7 @@ from workers.store import MARKER, ArtifactStore, CorruptArtifactError, LeaseKeep
 from workers.trainable import run_node
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-VOLATILE = ["wall_seconds", "started_at", "ended_at", "gpu_hours", "attempt"]
+VOLATILE = ["wall_seconds", "queued_at", "started_at", "ended_at", "gpu_hours", "attempt"]
 
 
 # -- the store: verification against the marker -------------------------------------------------------------

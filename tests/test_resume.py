@@ -39,7 +39,7 @@ def _interrupt_after(n_evals):
     return report
 
 
-VOLATILE = ["wall_seconds", "started_at", "ended_at", "gpu_hours", "attempt"]
+VOLATILE = ["wall_seconds", "queued_at", "started_at", "ended_at", "gpu_hours", "attempt"]
 
 
 @pytest.mark.parametrize("stage,artifact", [("mask_train", "masks.safetensors"),

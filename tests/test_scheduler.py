@@ -199,6 +199,7 @@ def test_progress_view_counts_and_line(capsys):
     a = s.next_ready()
     s.node_failed(a.key, "boom")
     d = s.next_ready()
+    s.node_started(d.key)  # its trial started (Tune's on_trial_start): its time counts from here
     s.node_done(d.key)
     console = Console(width=200, force_terminal=False)
     view = LiveProgress(Plan({n.key: n for n in nodes.values()}), s, {}, console, every=3600, live=False)

@@ -47,8 +47,10 @@ def test_smoke_sweep_rows_and_idempotent_relaunch(ray_env, tmp_path):
     assert by_target[0.0] == 0.0 and by_target[0.5] == 0.5 and 0.8995 < by_target[0.9] <= 0.9
     # mask training from the fine-tuned model selects only evals from 70% of training on
     assert selected[selected["paradigm"] == "a"]["step"].min() >= 0.7 * 8
-    for column in ("cfg.train.lr", "code_version", "hostname", "wall_seconds", "node_key", "started_at"):
+    for column in ("cfg.train.lr", "code_version", "hostname", "wall_seconds", "node_key", "queued_at", "started_at"):
         assert frame[column].notna().all(), column
+    # handed to Tune, then started: the wait between is in neither wall_seconds nor gpu_hours (issue 24)
+    assert (frame["queued_at"] <= frame["started_at"]).all()
     assert frame.loc[frame["stage"] == "mask_train", "cfg.mask.init"].eq("magnitude").all()
     assert os.path.exists(os.path.join(out, "e2e_sparsity.png"))
     # --status: the same progress view from the store and the results alone

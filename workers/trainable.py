@@ -88,7 +88,9 @@ def _run_node(node: dict, report, store: ArtifactStore, owner: str) -> None:
         store.push_checkpoint(stage, key, STATE_FILE)
 
     attempt = store.count_attempt(stage, key)  # rows record it: retries of a node, wherever they ran
-    store.log_event("run", stage, key, owner=owner, resumed_from=_step_of(resume_state), attempt=attempt)
+    # queued_at: when the driver handed the node to Tune; this event's time is when it started running here
+    store.log_event("run", stage, key, owner=owner, resumed_from=_step_of(resume_state), attempt=attempt,
+                    queued_at=node.get("queued_at"))
 
     def on_eval(record: EvalRecord, state_fn) -> None:
         writer.submit(state_fn)
@@ -195,6 +197,10 @@ def result_frame(node: dict, rows: list[dict], started: float, ended: float) -> 
     frame["stage"] = node["stage"]
     frame["status"] = "completed"
     frame["wall_seconds"] = ended - started
+    # handed to Tune (the driver's clock; absent outside a launch); the time until started_at was spent pending,
+    # not on the node's resources, and counts in neither wall_seconds nor gpu_hours
+    queued = node.get("queued_at")
+    frame["queued_at"] = pd.Timestamp(queued, unit="s") if queued is not None else pd.NaT
     frame["started_at"] = pd.Timestamp(started, unit="s")
     frame["ended_at"] = pd.Timestamp(ended, unit="s")
     for name, value in prov.items():
