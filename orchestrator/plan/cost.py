@@ -98,10 +98,14 @@ class Calibration:
             node = node[part]
         return node
 
-    def pass_seconds(self, backbone: str, precision: str, mode: str, kind: str, tokens: float) -> float:
+    def pass_seconds(self, backbone: str, precision: str, mode: str, kind: str, tokens: float,
+                     floor: bool = True) -> float:
         """Seconds of one pass (a training step, or one eval batch) at ``tokens`` padded tokens:
-        max(floor_s, fixed_s + per_token_s * tokens) (docs/cost.md)."""
+        max(floor_s, fixed_s + per_token_s * tokens) (docs/cost.md). ``floor=False``: the per-token part only
+        (a projection of a launch-overhead-free step, e.g. CUDA graphs; not a measurement)."""
         c = self.curve(backbone, precision, mode, kind)
+        if not floor:
+            return c["per_token_s"] * tokens
         return max(c.get("floor_s", 0.0), c.get("fixed_s", 0.0) + c["per_token_s"] * tokens)
 
     def compute_seconds(self, backbone: str, precision: str, mode: str, kind: str, tokens: float) -> float:
@@ -281,6 +285,7 @@ class Scenario:
     group_by_length: bool | None = None
     ood_eval_every: int | None | str = "node"  # "node": the node's own; else the value (None: every eval)
     packing: int = 1                  # nodes sharing one GPU
+    floor: bool = True                # False: steps cost their per-token time only (a projection, docs/cost.md)
 
 
 @dataclass
@@ -398,7 +403,7 @@ def node_cost(stage: str, cfg: dict, memory: str, n_train: int, n_eval_total: in
             batches = lengths.eval_batches(key, rows, eval_rows, max_length)
         else:
             batches = [(1, min(eval_rows, rows - i) * max_length) for i in range(0, rows, eval_rows)]
-        secs = sum(cal.pass_seconds(backbone, precision, mode, "eval", t) for _, t in batches)
+        secs = sum(cal.pass_seconds(backbone, precision, mode, "eval", t, sc.floor) for _, t in batches)
         comp = sum(cal.compute_seconds(backbone, precision, mode, "eval", t) for _, t in batches)
         return secs / speed, comp / speed
 
@@ -418,7 +423,7 @@ def node_cost(stage: str, cfg: dict, memory: str, n_train: int, n_eval_total: in
         batch = int(train.get("batch_size", 32))
         out.steps = math.ceil(rows_total / batch)
         out.tokens_per_step = tokens(batch, "dynamic")
-        out.step_s = cal.pass_seconds(backbone, precision, mode, "dense", out.tokens_per_step) / speed
+        out.step_s = cal.pass_seconds(backbone, precision, mode, "dense", out.tokens_per_step, sc.floor) / speed
         out.train_s = out.steps * out.step_s
         out.eval_s, out.evals = one_eval_s, 1
         out.compute_s = out.steps * cal.compute_seconds(backbone, precision, mode, "dense", out.tokens_per_step) / speed \
@@ -429,7 +434,7 @@ def node_cost(stage: str, cfg: dict, memory: str, n_train: int, n_eval_total: in
         out.steps = total_steps(train, rows_total)
         out.tokens_per_step = tokens(batch, "grouped" if grouped else "dynamic")
         kind = "mask" if memory == "mask" else "dense"
-        out.step_s = cal.pass_seconds(backbone, precision, mode, kind, out.tokens_per_step) / speed
+        out.step_s = cal.pass_seconds(backbone, precision, mode, kind, out.tokens_per_step, sc.floor) / speed
         out.train_s = out.steps * out.step_s
         # mask training re-projects the masks (a top-k over every prunable matrix) every reproject_every steps
         if memory == "mask":
