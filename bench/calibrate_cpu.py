@@ -21,7 +21,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,7 +29,7 @@ from srnet_core.masks import MaskConfig, MaskSet  # noqa: E402
 from srnet_core.models import prunable_linear_names  # noqa: E402
 
 from benchlib import write_result  # noqa: E402
-from make_h200_calibration import SIZES  # noqa: E402
+from calibration_format import SIZES, fit_linear  # noqa: E402
 from step_overhead import build_model, make_stepper  # noqa: E402
 
 MODELS = {"minilm": "minilm", "tiny-bert": "tiny"}  # calibration size -> step_overhead model shape
@@ -56,16 +55,6 @@ def timed(fn, n: int, warmup: int) -> float:
         fn(warmup + i)
         out.append(time.perf_counter() - t0)
     return statistics.median(out)
-
-
-def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
-    """Least-squares seconds = fixed + per_token x tokens; a negative intercept (noise) is refit through 0."""
-    x = np.array([p[0] for p in points], float)
-    y = np.array([p[1] for p in points], float)
-    slope, fixed = np.polyfit(x, y, 1)
-    if fixed < 0 or slope <= 0:
-        slope, fixed = float((x @ y) / (x @ x)), 0.0
-    return float(fixed), float(slope)
 
 
 def measure(size: str, steps: int, warmup: int) -> tuple[dict, dict, float]:
@@ -115,7 +104,7 @@ def measure(size: str, steps: int, warmup: int) -> tuple[dict, dict, float]:
               f"(+ projection {statistics.median(proj_at[seq]):.4f})  eval {EVAL_ROWS}x{seq} {points['eval'][i][1]:.4f} s")
     curves = {}
     for kind, pts in points.items():
-        fixed, per_token = fit(pts)
+        fixed, per_token = fit_linear(pts)
         curves[kind] = {"floor_s": 0.0, "fixed_s": fixed, "per_token_s": per_token, "points": pts,
                         "provenance": f"measured: bench/calibrate_cpu.py, 1 thread, wall clock, median of {steps} "
                                       f"interleaved rounds at {len(pts)} token counts, least-squares fit"}

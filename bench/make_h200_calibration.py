@@ -21,18 +21,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from orchestrator.plan.cost import padded_tokens_per_batch  # noqa: E402
 
 from benchlib import write_result  # noqa: E402
+from calibration_format import BACKBONES, FORM, SIZES, scaled  # noqa: E402
 
 SPEED = "h200_2026-11-30_speed.json"
 PACKING = "h200_2026-11-30_packing_projection.json"
-# Model shapes: layers, all parameters, prunable encoder matrices + pooler (protocol.md section 1).
-SIZES = {
-    "bert-base": {"layers": 12, "hidden": 768, "total_params": 109_482_240, "prunable_params": 85_524_480},
-    "bert-large": {"layers": 24, "hidden": 1024, "total_params": 335_141_888, "prunable_params": 303_039_488},
-    "minilm": {"layers": 6, "hidden": 384, "total_params": 22_713_216, "prunable_params": 10_764_672},
-    "tiny-bert": {"layers": 2, "hidden": 64, "total_params": 2_057_408, "prunable_params": 69_696},
-}
-BACKBONES = {"bert-base-uncased": "bert-base", "roberta-base": "bert-base", "bert-large-uncased": "bert-large",
-             "minilm": "minilm", "tiny-bert": "tiny-bert"}
 H200_FP32_PEAK = 67e12  # NVIDIA's H200 SXM spec sheet, FP32 (not TF32); not measured here
 FP32_EFFICIENCY = 0.5   # assumption: fraction of that peak the fp32 matmuls reach
 
@@ -86,24 +78,13 @@ def build(ref: str, lengths_path: str) -> dict:
                                 "per-token time with HANS's measured lengths (token_lengths.json mnli:hans)"}
     eval_compile = dict(eval_eager, provenance="assumption: = eager eval (compiled evaluation not measured)")
 
-    def scaled(curve: dict, size: dict, rate: float | None = None, why: str = "") -> dict:
-        """Scale BERT-base's curve to a size: launch-bound floor and per-batch time with the layer count,
-        per-token time with the prunable matrices (FLOPs); ``rate``: replace the per-token time by FLOPs / rate."""
-        lay = size["layers"] / 12
-        flops = size["prunable_params"] / SIZES["bert-base"]["prunable_params"]
-        per_token = curve["per_token_s"] * flops if rate is None else rate
-        return {"floor_s": curve["floor_s"] * lay, "fixed_s": curve["fixed_s"] * lay, "per_token_s": per_token,
-                "provenance": why or (f"derived from bert-base ({curve['provenance'].split(':')[0]}): floor and "
-                                      f"per-batch time x layers ({lay:g}), per-token time x prunable params "
-                                      f"({flops:.3f})")}
-
     base = {"eager": {"dense": dense_eager, "mask": mask_eager, "eval": eval_eager},
             "compile": {"dense": dense_compile, "mask": mask_compile, "eval": eval_compile}}
     curves = {}
     fp32_rate = FP32_EFFICIENCY * H200_FP32_PEAK
     for name, size in SIZES.items():
         flops = size["prunable_params"] / SIZES["bert-base"]["prunable_params"]
-        bf16 = {mode: {kind: (dict(c) if name == "bert-base" else scaled(c, size)) for kind, c in passes.items()}
+        bf16 = {mode: {kind: (dict(c) if name == "bert-base" else scaled(c, name)) for kind, c in passes.items()}
                 for mode, passes in base.items()}
         fp32 = {}
         for mode, passes in bf16.items():
@@ -125,7 +106,7 @@ def build(ref: str, lengths_path: str) -> dict:
         "measured": "2026-11-30", "software": speed["env"],
         "sources": [src, f"../shared/reference/gpu/{PACKING}", "../shared/reference/gpu/README.md",
                     "bench/calibration/token_lengths.json (HANS lengths for the eval fit)"],
-        "form": "seconds of a pass = max(floor_s, fixed_s + per_token_s * padded tokens of the step or eval batch)",
+        "form": FORM,
         "measured_vs_derived": (
             "measured: BERT-base bf16 dense steps (eager, compiled), the mask step and its projection, HANS eval "
             "at two batch sizes, packing 1/2/4/8 processes, the top-k projection. derived: bert-large and MiniLM "
