@@ -101,14 +101,16 @@ def measure(size: str, steps: int, warmup: int) -> tuple[dict, dict, float]:
                      for seq in SEQS] for kind in runs}
     for i, seq in enumerate(SEQS):
         print(f"  {size:<9} {BATCH}x{seq:<3} dense {points['dense'][i][1]:.4f} s  mask {points['mask'][i][1]:.4f} s "
-              f"(+ projection {statistics.median(proj_at[seq]):.4f})  eval {EVAL_ROWS}x{seq} {points['eval'][i][1]:.4f} s")
+              f"(+ projection {statistics.median(proj_at[seq]):.4f})  "
+              f"eval {EVAL_ROWS}x{seq} {points['eval'][i][1]:.4f} s")
     curves = {}
     for kind, pts in points.items():
         fixed, per_token = fit_linear(pts)
         curves[kind] = {"floor_s": 0.0, "fixed_s": fixed, "per_token_s": per_token, "points": pts,
                         "provenance": f"measured: bench/calibrate_cpu.py, 1 thread, wall clock, median of {steps} "
                                       f"interleaved rounds at {len(pts)} token counts, least-squares fit"}
-    projection_per_param = float(statistics.median([x for v in proj_at.values() for x in v])) / sum(s.numel() for s in mask_set.score_parameters())
+    all_proj = [x for v in proj_at.values() for x in v]
+    projection_per_param = float(statistics.median(all_proj)) / sum(s.numel() for s in mask_set.score_parameters())
     return curves, points, projection_per_param
 
 

@@ -335,7 +335,6 @@ def section_calibration(cfg) -> dict:
     if cfg.compile:
         ends = [cfg.cal_points[0], cfg.cal_points[-1]]
         dense_c = [(b * q, step_s("finetune", b, q, "bf16", cfg.compile)) for b, q in ends]
-        eager = curves["bf16"]["eager"]
         ratio = dense_c[0][1] / raw["bf16"]["dense"][0][1]
         derived = f"derived: the eager curve x the compiled/eager dense floor ratio {ratio:.3f}"
         for precision in ("bf16", "fp32"):
@@ -346,7 +345,6 @@ def section_calibration(cfg) -> dict:
                                                        "provenance": derived}),
                 "mask": {**e["mask"], "floor_s": e["mask"]["floor_s"] * ratio, "provenance": derived},
                 "eval": {**e["eval"], "provenance": "assumption: = eager eval (compiled eval not timed)"}}
-        del eager
     packing = cfg.result["sections"].get("packing", {})
     runs = {r["procs"]: r["tokens_per_s"] for r in packing.get("runs", []) if "tokens_per_s" in r}
     today = datetime.date.today().isoformat()

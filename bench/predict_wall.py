@@ -108,7 +108,8 @@ def main(argv=None) -> dict:
         else:  # the rows only span first node start .. last node end: compare with the nodes' makespan
             m["wall_s"], pred = m["span_s"], p["makespan_s"]
         m["ratio_predicted_over_measured"] = pred / m["wall_s"]
-        print(f"measured: {m['wall_s']:,.0f} s ({'launch, timed' if args.measured_wall else 'first node start to last node end'}); "
+        what = "launch, timed" if args.measured_wall else "first node start to last node end"
+        print(f"measured: {m['wall_s']:,.0f} s ({what}); "
               f"predicted / measured = {m['ratio_predicted_over_measured']:.2f} (target 0.75-1.25)")
         if "by_stage" in m:
             print(f"{'stage':<12} {'nodes':>5} {'pred s/node':>12} {'meas s/node':>12} {'ratio':>6}")

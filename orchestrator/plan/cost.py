@@ -34,7 +34,7 @@ class CostModelError(ValueError):
 
 # The full data's split sizes (the token-length files hold the length distributions, measured on what is in
 # ../shared/data; these are the row counts of the official sets the full grid trains and evaluates on).
-# Per task: eval splits in evaluation order (the first is the selection split, ID dev), the OOD-dev split
+# Per task: eval splits in evaluation order (the first is the selection split, ID dev); the OOD-dev split
 # (task option eval_ood_dev) and the OOD training sets appended by add_ood_train (rows, lengths entry).
 TASK_SPLITS = {
     "mnli": {"train": "mnli:train",
@@ -43,7 +43,8 @@ TASK_SPLITS = {
              "ood_dev": ("hans_train", 30_000, "mnli:hans_train"),
              "ood_train": [(30_000, "mnli:hans_train")]},
     "qqp": {"train": "qqp:train",
-            "eval": [("dev", 40_430, "qqp:dev"), ("paws_qqp", 677, "qqp:paws_qqp"), ("paws_wiki", 8_000, "qqp:paws_wiki")],
+            "eval": [("dev", 40_430, "qqp:dev"), ("paws_qqp", 677, "qqp:paws_qqp"),
+                     ("paws_wiki", 8_000, "qqp:paws_wiki")],
             "ood_dev": ("paws_qqp_train", 11_988, "qqp:paws_qqp_train"),
             "ood_train": [(11_988, "qqp:paws_qqp_train"), (49_401, "qqp:paws_wiki_train")]},
     "fever": {"train": "fever:train",
@@ -426,8 +427,8 @@ def node_cost(stage: str, cfg: dict, memory: str, n_train: int, n_eval_total: in
         out.step_s = cal.pass_seconds(backbone, precision, mode, "dense", out.tokens_per_step, sc.floor) / speed
         out.train_s = out.steps * out.step_s
         out.eval_s, out.evals = one_eval_s, 1
-        out.compute_s = out.steps * cal.compute_seconds(backbone, precision, mode, "dense", out.tokens_per_step) / speed \
-            + one_eval_c
+        per_step = cal.compute_seconds(backbone, precision, mode, "dense", out.tokens_per_step) / speed
+        out.compute_s = out.steps * per_step + one_eval_c
     else:
         batch = int(train.get("batch_size", 32))
         grouped = bool(train.get("group_by_length", False)) if sc.group_by_length is None else sc.group_by_length
@@ -456,15 +457,18 @@ def node_cost(stage: str, cfg: dict, memory: str, n_train: int, n_eval_total: in
         out.evals = points
         out.parts["other_split_passes"] = other_passes
         out.eval_s = points * sel_s + other_passes * other_s
-        out.compute_s = out.steps * cal.compute_seconds(backbone, precision, mode, kind, out.tokens_per_step) / speed \
-            + points * sel_c + other_passes * other_c
+        per_step = cal.compute_seconds(backbone, precision, mode, kind, out.tokens_per_step) / speed
+        out.compute_s = out.steps * per_step + points * sel_c + other_passes * other_c
         # checkpoints: at every evaluation the training state goes to host memory (trained params + 2 AdamW
         # moments + the best snapshot); finetune also writes its weights at save_steps / save_fractions
         trained = size["prunable_params"] if memory == "mask" else size["total_params"]
         snap_bytes = 4 * 4 * trained
         out.checkpoint_s = points * snap_bytes / cal.overhead("host_copy_bytes_per_s")
-        saves = 1 + len([s for s in cfg.get("save_steps") or [] if s < out.steps]) + len(cfg.get("save_fractions") or [])
-        out.checkpoint_s += saves * 4 * size["total_params"] / cal.overhead("write_bytes_per_s")
+        saves = 1 + len([s for s in cfg.get("save_steps") or [] if s < out.steps]) \
+            + len(cfg.get("save_fractions") or [])
+        # a mask node writes bit-packed masks, the others fp32 weights
+        out_bytes = size["prunable_params"] / 8 if memory == "mask" else 4 * size["total_params"]
+        out.checkpoint_s += saves * out_bytes / cal.overhead("write_bytes_per_s")
     out.seconds = out.overhead_s + out.train_s + out.eval_s + out.checkpoint_s
     n = max(1, int(sc.packing))
     busy = out.seconds - out.overhead_s  # model load / start overlap with the other packed nodes' work
