@@ -249,6 +249,14 @@ def test_dry_run_prints_the_calibration(tmp_path, capsys):
                         "--output-dir", str(tmp_path / "out"), "--calibration", "nope"]) == 2
     out = " ".join(capsys.readouterr().out.split())
     assert "nope.json not found" in out and "SRNET_CALIBRATION" in out
+    # the spec's cost_calibration, when no --calibration is given
+    data = dict(cost.load_calibration(None).data, name="from_spec")
+    (tmp_path / "from_spec.json").write_text(json.dumps(data))
+    spec = tmp_path / "demo.yaml"
+    spec.write_text(open(os.path.join(ROOT, "sweeps", "demo.yaml")).read()
+                    + f"\ncost_calibration: {tmp_path / 'from_spec.json'}\n")
+    assert launch.main([str(spec), "--dry-run", "--skip-input-checks", "--output-dir", str(tmp_path / "out")]) == 0
+    assert "calibration from_spec (" in " ".join(capsys.readouterr().out.split())
     estimates.use_calibration(None)
 
 
