@@ -15,6 +15,9 @@ def write_result(path: str, result: dict) -> dict:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(result, f, indent=1)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a result file is as readable as any other
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

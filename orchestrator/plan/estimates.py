@@ -1,4 +1,5 @@
-"""Planning estimates without loading data: training-set sizes and per-node run time on one GPU."""
+"""Planning estimates without loading data: training-set sizes and per-node run time on one device (the calibrated
+cost model, orchestrator/plan/cost.py)."""
 from __future__ import annotations
 
 import math
