@@ -20,6 +20,9 @@ Sections (each records its own error instead of stopping the suite):
                fine-tuning and mask training, and their sizes
   inference    latency/throughput of dense, unstructured (baked), 2:4 (baked) and structured (shrunk) models,
                and the 2:4 semi-structured kernel ratio per linear shape
+  calibration  the cost model's pass curves (dense, mask, eval; bf16 and fp32; compiled dense) at several token
+               counts, written as a calibration file (docs/cost.md) next to the JSON: <device>_<date>.json;
+               with the packing section in the same run, its packing factor too
 """
 from __future__ import annotations
 
@@ -269,8 +272,114 @@ def section_inference(cfg) -> dict:
     return measure(model, cfg.device, batch_sizes=(1, cfg.batch), seq=cfg.seq, iters=cfg.iters)
 
 
+def _slug(device_name: str) -> str:
+    """'NVIDIA H200' -> 'h200', 'cpu (x86_64)' -> 'cpu': the calibration file's name stem."""
+    words = [w for w in device_name.lower().replace("(", " ").replace(")", " ").split() if w != "nvidia"]
+    return "".join(c for c in (words[0] if words else "device") if c.isalnum() or c == "-") or "device"
+
+
+def section_calibration(cfg) -> dict:
+    """Pass curves for the cost model (orchestrator/plan/cost.py, docs/cost.md): dense and mask-training steps
+    through TrainLoop at four token counts, eval forward passes at three, in bf16 and fp32 (and compiled dense
+    with compile on), the top-k projection per score, and the packing factor when that section ran. Written as
+    a calibration file (default: next to the suite's JSON, <device>_<date>.json); the other sizes are derived
+    from this one by bench/calibration_format.py's scaling."""
+    import calibration_format as cf
+    from srnet_core.train import autocast_context, release_memory
+
+    base = "tiny-bert" if cfg.size == "tiny" else cfg.size
+    steps = cfg.warmup + cfg.steps
+
+    def step_s(stage, batch, seq, amp, compile=False) -> float:
+        loop, _ = workload.make_trial(stage, cfg.size, batch, seq, steps, cfg.device, amp=amp, compile=compile)
+        per = workload.timed_steps(loop, None, cfg.device, cfg.warmup)[0]
+        del loop
+        release_memory(compile, cfg.device)
+        return per
+
+    # the projection, timed on its own: a mask pass is the mask step without it (the cost model adds it per
+    # re-projection, which full_grid does only at each evaluation)
+    model = workload.build_model(cfg.size, device=cfg.device)
+    names = workload.prunable_linear_names(model, include_pooler=True, include_classifier=True)
+    mask_set = MaskSet(model, names, MaskConfig(sparsity=0.7, init="magnitude", scope="local"))
+    projection_s = _median_ms(lambda: mask_set.project(1), cfg.device, cfg.iters) / 1000
+    scores = sum(mask_set.parametrization(n).scores.numel() for n in names)
+    del model, mask_set
+    curves: dict = {}
+    raw: dict = {}
+    for precision, amp in (("bf16", "bf16"), ("fp32", "off")):
+        dense = [(b * q, step_s("finetune", b, q, amp)) for b, q in cfg.cal_points]
+        # (clamped: on a tiny CPU smoke model the separately timed projection can exceed the step's share)
+        mask = [(b * q, max(0.0, step_s("mask_train", b, q, amp) - projection_s)) for b, q in cfg.cal_points]
+        model = workload.build_model(cfg.size, device=cfg.device).eval()
+        evals = []
+        for q in cfg.cal_eval_seqs:
+            batch = {k: v.to(cfg.device) for k, v in {
+                "input_ids": torch.randint(1000, 30000, (cfg.cal_eval_rows, q)),
+                "attention_mask": torch.ones(cfg.cal_eval_rows, q, dtype=torch.long)}.items()}
+
+            def forward(batch=batch):
+                with torch.no_grad(), autocast_context(cfg.device, amp):
+                    model(**batch)
+            evals.append((cfg.cal_eval_rows * q, _median_ms(forward, cfg.device, cfg.iters) / 1000))
+        del model
+        raw[precision] = {"dense": dense, "mask": mask, "eval": evals}
+        fixed, per_token = cf.fit_linear(evals)
+        how = (f"measured: bench/gpu_suite.py calibration section, {cfg.size}, amp {amp}, TrainLoop steps at "
+               f"{[p[0] for p in cfg.cal_points]} tokens")
+        curves[precision] = {"eager": {
+            "dense": {**cf.fit_roofline(dense), "provenance": how},
+            "mask": {**cf.fit_roofline(mask), "provenance": how + " minus the projection"},
+            "eval": {"floor_s": 0.0, "fixed_s": fixed, "per_token_s": per_token, "points": [list(p) for p in evals],
+                     "provenance": f"measured: eval forward, {cfg.cal_eval_rows} rows x {cfg.cal_eval_seqs} tokens, "
+                                   "least-squares fit"}}}
+    if cfg.compile:
+        ends = [cfg.cal_points[0], cfg.cal_points[-1]]
+        dense_c = [(b * q, step_s("finetune", b, q, "bf16", cfg.compile)) for b, q in ends]
+        ratio = dense_c[0][1] / raw["bf16"]["dense"][0][1]
+        derived = f"derived: the eager curve x the compiled/eager dense floor ratio {ratio:.3f}"
+        for precision in ("bf16", "fp32"):
+            e = curves[precision]["eager"]
+            curves[precision]["compile"] = {
+                "dense": ({**cf.fit_roofline(dense_c), "provenance": "measured: compiled dense TrainLoop steps"}
+                          if precision == "bf16" else {**e["dense"], "floor_s": e["dense"]["floor_s"] * ratio,
+                                                       "provenance": derived}),
+                "mask": {**e["mask"], "floor_s": e["mask"]["floor_s"] * ratio, "provenance": derived},
+                "eval": {**e["eval"], "provenance": "assumption: = eager eval (compiled eval not timed)"}}
+    packing = cfg.result["sections"].get("packing", {})
+    runs = {r["procs"]: r["tokens_per_s"] for r in packing.get("runs", []) if "tokens_per_s" in r}
+    today = datetime.date.today().isoformat()
+    device_name = torch.cuda.get_device_name(0) if cfg.gpu else f"cpu ({platform.processor() or platform.machine()})"
+    name = f"{_slug(device_name)}_{today}" + ("_smoke" if not cfg.gpu else "")
+    calibration = {
+        "format": 1, "name": name, "kind": "gpu" if cfg.gpu else "cpu", "device": device_name, "measured": today,
+        "software": {"torch": torch.__version__, "commit": _commit()}, "form": cf.FORM,
+        "sources": ["bench/gpu_suite.py --only ... calibration"],
+        "measured_vs_derived": f"measured: {base} (bf16, fp32 eager; compiled dense bf16); derived: other sizes "
+                               "(calibration_format.scaled), compiled mask/fp32 (floor ratio)",
+        "backbones": cf.BACKBONES, "sizes": cf.SIZES, "curves": cf.derive_sizes(curves, base),
+        "projection_s_per_param": projection_s / scores,
+        "eval_batch_auto": 1024 if cfg.gpu else 256,
+        "overheads": {"node_s": 30.0, "compile_s": 60.0, "host_copy_bytes_per_s": 5e9, "write_bytes_per_s": 1e9},
+        "overheads_provenance": "assumption: as h200_2026-11-30.json (not timed by this section)",
+    }
+    if 1 in runs:
+        procs = sorted(runs)
+        calibration["packing"] = {"processes": procs, "factor": [runs[n] / runs[1] for n in procs],
+                                  "provenance": "measured: this run's packing section (bs32 fine-tuning processes)"}
+    path = cfg.calibration_out or os.path.join(os.path.dirname(os.path.abspath(cfg.out_path)), name + ".json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:  # atomic: the cost model never reads half a file
+        json.dump(calibration, f, indent=1)
+    os.replace(tmp, path)
+    return {"calibration_file": path, "projection_s": projection_s, "points": raw,
+            "packing_in_file": "packing" in calibration}
+
+
 SECTIONS = {"projection": section_projection, "steps": section_steps, "packing": section_packing,
-            "memory": section_memory, "checkpoints": section_checkpoints, "inference": section_inference}
+            "memory": section_memory, "checkpoints": section_checkpoints, "inference": section_inference,
+            "calibration": section_calibration}
 
 
 def _commit() -> str:
@@ -288,6 +397,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), default=None)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile timings")
     parser.add_argument("--compile-mask", action="store_true", help="also time a compiled mask-training step")
+    parser.add_argument("--calibration-out", default=None,
+                        help="the calibration section's file (default: next to --out, <device>_<date>.json)")
     parser.add_argument("--size", choices=sorted(workload.SIZES), default=None,
                         help="model shape (default: tiny with --smoke, else bert-base)")
     args = parser.parse_args(argv)
@@ -300,6 +411,7 @@ def main(argv=None) -> dict:
         cfg.device, cfg.size, cfg.batch, cfg.seq = torch.device("cpu"), "tiny", 4, 16
         cfg.warmup, cfg.steps, cfg.iters, cfg.procs, cfg.stages = 1, 2, 2, [2], 3
         cfg.compile = False if args.no_compile else "aot_eager"  # the graph capture without a C++ build
+        cfg.cal_points, cfg.cal_eval_seqs, cfg.cal_eval_rows = [(2, 8), (4, 16)], [8, 16], 8
         torch.set_num_threads(1)
     else:
         if not torch.cuda.is_available():
@@ -307,15 +419,20 @@ def main(argv=None) -> dict:
         cfg.device, cfg.size, cfg.batch, cfg.seq = torch.device("cuda"), "bert-base", 32, 128
         cfg.warmup, cfg.steps, cfg.iters, cfg.procs, cfg.stages = 10, 30, 10, [1, 4, 8], 10
         cfg.compile = False if args.no_compile else True
+        # 1k-16k tokens per step (bucketed MNLI bs32 is ~1.3k, padded bs32 4k); eval at HANS-to-MNLI lengths
+        cfg.cal_points, cfg.cal_eval_seqs, cfg.cal_eval_rows = [(32, 32), (32, 64), (32, 128), (128, 128)], \
+            [16, 32, 64], 1024
     cfg.size = args.size or cfg.size
     cfg.compile_mask = args.compile_mask or args.smoke
     cfg.gpu = cfg.device.type == "cuda"
     out_path = args.out or os.path.join(os.environ.get("OUT") or os.path.join(HERE, "results"), "gpu_suite.json")
+    cfg.out_path, cfg.calibration_out = out_path, args.calibration_out
 
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "commit": _commit(), "torch": torch.__version__, "python": platform.python_version(),
               "device": torch.cuda.get_device_name(0) if cfg.gpu else f"cpu ({platform.processor() or platform.machine()})",
               "smoke": args.smoke, "size": cfg.size, "targets": TARGETS, "sections": {}}
+    cfg.result = result  # the calibration section reads the packing section's numbers
     started = time.time()
     for name, fn in SECTIONS.items():
         if args.only and name not in args.only:

@@ -55,10 +55,13 @@ def simulate_waves(plan: Plan, actual: dict[str, float], gpus: int) -> tuple[flo
     return t, busy
 
 
-def simulate_dag(plan: Plan, actual: dict[str, float], gpus: int, priority: bool, duration=node_seconds,
-                 starts: dict[str, float] | None = None) -> tuple[float, float]:
-    """(makespan, GPU-busy seconds); ``duration``: the estimate priorities come from; ``starts``: filled with
-    each node's start time (bench/tune_order.py compares them with the real Tune path's)."""
+def simulate_dag(plan: Plan, actual: dict[str, float], gpus: int, priority: bool, duration=None,
+                 uses=uses_gpu, starts: dict[str, float] | None = None) -> tuple[float, float]:
+    """Makespan and busy slot-seconds of the dependency-driven launch on ``gpus`` slots. ``duration``: the
+    scheduler's estimate for its priorities (default node_seconds); ``uses(node)``: whether a node takes a
+    slot (default: every node but the CPU bias models; bench/predict_wall.py counts CPU slots); ``starts``:
+    filled with each node's start time (bench/tune_order.py compares them with the real Tune path's)."""
+    duration = duration or node_seconds
     sched = DagScheduler(duration=duration if priority else (lambda node: 0.0))
     sched.add_nodes(plan.nodes.values())
     events: list[tuple[float, int, str]] = []  # (finish time, seq, key)
@@ -70,7 +73,7 @@ def simulate_dag(plan: Plan, actual: dict[str, float], gpus: int, priority: bool
             node = sched.next_ready()
             if node is None:
                 break
-            if uses_gpu(node):
+            if uses(node):
                 free -= 1
                 busy += actual[node.key]
             if starts is not None:
@@ -80,7 +83,7 @@ def simulate_dag(plan: Plan, actual: dict[str, float], gpus: int, priority: bool
         if not events:
             break
         t, _, key = heapq.heappop(events)
-        if uses_gpu(plan.nodes[key]):
+        if uses(plan.nodes[key]):
             free += 1
         sched.node_done(key)
     assert sched.finished, "simulation ended with nodes left"

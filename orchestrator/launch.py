@@ -24,7 +24,8 @@ from workers.store import ArtifactStore
 
 from . import cluster as clusterlib
 from . import failures, results
-from .plan import Node, Plan, build_plan, estimate_gpu_hours
+from .plan import Node, Plan, build_plan, calibration_label, estimate_gpu_hours, use_calibration
+from .plan.cost import CostModelError
 from .preflight import check_launch
 from .spec import SpecError, SweepSpec, load_spec
 
@@ -52,7 +53,8 @@ def print_plan(spec: SweepSpec, plan: Plan, complete: set[tuple[str, str]]) -> N
     console.print(table)
     console.print(f"{len(plan.nodes)} stage nodes; a naive per-trial expansion would run {plan.naive_runs} "
                   f"({plan.naive_runs / max(1, len(plan.nodes)):.1f}x). Estimated {sum(hours.values()):,.1f} "
-                  "GPU-hours on one A100/H100-class GPU per trial (planning estimate, see orchestrator/plan.py).")
+                  f"GPU-hours, one device per node, calibration {calibration_label()} (orchestrator/plan/cost.py, "
+                  "docs/cost.md).", highlight=False, soft_wrap=True)
 
 
 def node_resources(spec: SweepSpec, stage: str, n_trials: int, cluster: dict | None = None) -> dict:
@@ -246,6 +248,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "otherwise in the events log <artifact_store>/_events/) and the workers' logs")
     parser.add_argument("--no-figure", action="store_true", help="skip the PNG figure")
     parser.add_argument("--no-report", action="store_true", help="skip the Markdown report and its figures")
+    parser.add_argument("--calibration", help="the cost model's calibration for the estimates, the scheduler's "
+                        "ordering and the ETA: a file in bench/calibration/ or a path (default: the spec's "
+                        "cost_calibration, else $SRNET_CALIBRATION, else the H200 file)")
     return parser.parse_args(argv)
 
 
@@ -257,6 +262,10 @@ def load(args: argparse.Namespace) -> tuple[SweepSpec, Plan, ArtifactStore]:
     # what a launch would refuse, before Ray starts: the spec's resources, then every file and backbone it names
     check_launch(spec, args.spec, local_ray=not args.address, inputs=not (args.skip_input_checks or args.status))
     plan = build_plan(spec)
+    try:  # before anything runs: the scheduler's ordering and the ETA read it
+        use_calibration(args.calibration or spec.cost_calibration)
+    except CostModelError as err:
+        raise SpecError(str(err)) from None
     from .packing import check_packing, detect_gpu_memory  # a GPU fraction must fit its stage
 
     check_packing(spec, plan, detect_gpu_memory())

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from srnet_core.stages import get_kind
 
-from .plan import Plan, node_seconds
+from .plan import Plan, calibration, calibration_label, node_seconds
 from .scheduler import CACHED, DONE, FAILED, RUNNING, SKIPPED
 
 COLUMNS = ("done", "cached", "running", "failed", "skipped", "to run")
@@ -71,7 +71,8 @@ class Tally:
             table.add_row(stage, *cells(r))
         total = {c: self.total(c) for c in ("nodes", *COLUMNS, "est", "spent")}
         table.add_row("all", *cells(total), style="bold")
-        table.caption = f"elapsed {_fmt_duration(self.elapsed_s)}  ETA {_fmt_duration(self.eta_s)}"
+        table.caption = (f"elapsed {_fmt_duration(self.elapsed_s)}  ETA {_fmt_duration(self.eta_s)}  "
+                         f"(estimates: calibration {calibration_label()})")
         return table
 
     def line(self) -> str:
@@ -80,7 +81,7 @@ class Tally:
                 f"{self.total('cached')}, failed {self.total('failed')}, skipped {self.total('skipped')}), "
                 f"running {self.total('running')}; GPU-h {self.total('spent'):,.2f} spent of "
                 f"{self.total('est'):,.1f} est.; elapsed {_fmt_duration(self.elapsed_s)}, "
-                f"ETA {_fmt_duration(self.eta_s)}")
+                f"ETA {_fmt_duration(self.eta_s)} (calibration {calibration().name})")
 
 
 class LiveProgress:

@@ -356,6 +356,9 @@ class SweepSpec(_Strict):
     data_dir: str | None = None  # real task data; defaults to $SRNET_DATA_DIR
     max_length: int = Field(128, ge=8, le=512)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # The cost model's calibration (bench/calibration/<file> or a path) for --dry-run's GPU-hours, the
+    # scheduler's ordering and the live ETA; None: $SRNET_CALIBRATION, else the H200 file (docs/cost.md)
+    cost_calibration: str | None = None
     grid: Grid
     task_options: dict[str, dict] = {}
     paradigm_options: ParadigmOptions = ParadigmOptions()

@@ -45,3 +45,25 @@ def test_smoke_packing_runs_processes(tmp_path):
     runs = result["sections"]["packing"]["runs"]
     assert [r["procs"] for r in runs] == [2] and runs[0]["tokens_per_s"] > 0
     assert len(runs[0]["per_process_tokens_per_s"]) == 2
+
+
+def test_smoke_calibration_section_writes_a_usable_calibration(tmp_path):
+    """The calibration section's file loads in the cost model and reproduces its own measured points."""
+    from orchestrator.plan import cost
+
+    cal_path = tmp_path / "cal.json"
+    result = _run(tmp_path, "--only", "calibration", "--calibration-out", str(cal_path))
+    section = result["sections"]["calibration"]
+    assert "error" not in section and section["calibration_file"] == str(cal_path)
+    cal = cost.load_calibration(str(cal_path))
+    assert cal.kind == "cpu" and cal.size_of("bert-base-uncased") == "bert-base"
+    for precision in ("bf16", "fp32"):
+        for kind in ("dense", "mask"):
+            points = section["points"][precision][kind]
+            # the roofline's floor is its smallest point's time, and the curve never undershoots a point
+            assert cal.curve("tiny-bert", precision, "eager", kind)["floor_s"] == pytest.approx(points[0][1])
+            for tokens, seconds in points:
+                assert cal.pass_seconds("tiny-bert", precision, "eager", kind, tokens) >= 0.85 * seconds
+    # bert-base is derived from the measured tiny shape: x6 layers on the floor
+    tiny, base = (cal.curve(b, "bf16", "eager", "dense")["floor_s"] for b in ("tiny-bert", "bert-base-uncased"))
+    assert base == pytest.approx(tiny * 12 / 2)

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from srnet_core.stages import REGISTRY, checkpoint_step
 
-from .estimates import EVAL_SIZES, THROUGHPUT, TRAIN_SIZES, estimate_gpu_hours, eval_size, node_seconds, train_size
+from .estimates import (EVAL_SIZES, FALLBACK_THROUGHPUT, TRAIN_SIZES, calibration, calibration_label,
+                        estimate_gpu_hours, eval_size, node_cost, node_seconds, train_size, use_calibration)
 from .factory import (BIAS_LOSSES, FT_CHECKPOINT_FRACTIONS, SELECT_FROM_FINETUNED, TEACHER_LOSSES, Cell,
                       NodeFactory, keyed_task_options)
 from .graph import Input, Node, Plan, depth_groups, node_key
@@ -30,9 +31,10 @@ from .paradigms import CELL_METHODS, METHODS, PARADIGMS, SWEEP_PARADIGMS, build_
 
 __all__ = ["BIAS_LOSSES", "CELL_METHODS", "Cell", "EVAL_SIZES", "FT_CHECKPOINT_FRACTIONS", "Input", "METHODS",
            "Node", "NodeFactory", "PARADIGMS", "Plan", "SELECT_FROM_FINETUNED", "STAGE_FIELDS", "SWEEP_PARADIGMS",
-           "TEACHER_LOSSES", "THROUGHPUT", "TRAIN_SIZES", "build_plan", "check_planner_fields", "checkpoint_step",
+           "TEACHER_LOSSES", "FALLBACK_THROUGHPUT", "TRAIN_SIZES", "calibration", "calibration_label", "build_plan",
+           "check_planner_fields", "checkpoint_step",
            "depth_groups", "estimate_gpu_hours", "eval_size", "keyed_task_options", "node_key",
-           "node_seconds", "paradigm", "train_size"]
+           "node_cost", "node_seconds", "paradigm", "train_size", "use_calibration"]
 
 def __getattr__(name: str):
     if name == "STAGE_FIELDS":  # a view of the registry: {stage: the config fields its key reads}
