@@ -274,11 +274,11 @@ def ray_session(args: argparse.Namespace, spec: SweepSpec):
 
     started = not ray.is_initialized()
     if started and args.address:
-        ray.init(address=args.address, log_to_driver=args.verbose,
+        ray.init(address=args.address, log_to_driver=args.verbose, job_config=clusterlib.job_config(spec.name),
                  runtime_env=None if args.no_ship_code else clusterlib.runtime_env())
     elif started:  # no dashboard (were one enabled, it would listen on the loopback interface only)
         ray.init(include_dashboard=False, dashboard_host="127.0.0.1", logging_level="WARNING",
-                 log_to_driver=args.verbose)
+                 log_to_driver=args.verbose, job_config=clusterlib.job_config(spec.name))
     try:
         clusterlib.check_cluster(spec.artifact_root(), clusterlib.local_paths(spec), clusterlib.alive_nodes())
         yield

@@ -2,10 +2,13 @@
 task with tiny-bert (in-process runner; the Ray adapter and the kill -9 resume are marked slow)."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -405,3 +408,158 @@ def test_shipped_search_specs_run_end_to_end(name, tmp_path):
     result = search.run_study(spec, runner, store, root, log=lambda m: None, n_trials=2)
     assert len(result.study.trials) == 2
     assert all(t.state.name in ("COMPLETE", "PRUNED") for t in result.study.trials)
+
+
+# -- issue 21: the study's storage lives with the outputs; dashboards ---------------------------------------
+def _uri_store_env(monkeypatch, s3_server, tmp_path, machine):
+    for k, v in s3_server.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("SRNET_CACHE", str(tmp_path / machine))  # each "machine" has its own scratch space
+
+
+def test_a_uri_output_dirs_journal_is_kept_in_the_store_not_in_a_local_s3_folder(s3_server, monkeypatch, tmp_path):
+    """The bug of issue 21: output_dir s3://... wrote the journal to a local folder named 's3:'. Now the
+    journal is an object beside the outputs; a second machine (another scratch dir) sees every trial."""
+    import optuna
+    from orchestrator.search.storage import StoreJournalStorage, work_path
+
+    _uri_store_env(monkeypatch, s3_server, tmp_path, "machine-a")
+    monkeypatch.chdir(tmp_path)
+    spec = parse_spec(spec_dict("s3://sweeps/study21"))
+    name = search.build_setting(spec).study_name
+    where = search.storage_for(spec, name)
+    assert isinstance(where, StoreJournalStorage)
+    assert where.backend.remote == f"s3://sweeps/study21/search/{name}.journal"
+    assert where.backend.local == work_path(where.backend.remote)
+    assert where.backend.local.startswith(str(tmp_path / "machine-a") + os.sep)
+    study = optuna.create_study(storage=where, study_name=name, directions=["maximize", "maximize"])
+    trials = [study.ask() for _ in range(3)]
+    xs = [t.suggest_int("x", 0, 100) for t in trials]
+    study.tell(trials[0], [0.5, 0.25])
+    trials[1].set_user_attr("node_key", "abc")  # pushed with the next state change
+    study.tell(trials[1], state=optuna.trial.TrialState.FAIL)
+    trials[2].set_user_attr("late", 1)  # written after the last state change: pushed by flush()
+    pushes = where.backend.pushes
+    search.storage.flush(where)
+    assert where.backend.pushes == pushes + 1
+    search.storage.flush(where)  # nothing new: no request
+    assert where.backend.pushes == pushes + 1
+    assert not os.path.exists(tmp_path / "s3:") and not os.path.exists(os.path.join(REPO, "s3:"))
+
+    monkeypatch.setenv("SRNET_CACHE", str(tmp_path / "machine-b"))
+    again = optuna.load_study(study_name=name, storage=search.storage_for(spec, name))
+    got = again.get_trials(deepcopy=False)
+    assert [t.state.name for t in got] == ["COMPLETE", "FAIL", "RUNNING"]
+    assert [t.params["x"] for t in got] == xs and got[0].values == [0.5, 0.25]
+    assert got[1].user_attrs == {"node_key": "abc"} and got[2].user_attrs == {"late": 1}
+    assert os.path.isfile(tmp_path / "machine-b" / os.path.relpath(where.backend.local, tmp_path / "machine-a"))
+
+
+def test_a_second_driver_on_the_same_study_is_stopped_not_merged(s3_server, monkeypatch, tmp_path):
+    import optuna
+    from orchestrator.search.storage import StoreJournalStorage
+
+    _uri_store_env(monkeypatch, s3_server, tmp_path, "m")
+    remote = "s3://sweeps/two/search/s.journal"
+    first = StoreJournalStorage(remote, local=str(tmp_path / "a" / "s.journal"))
+    study_a = optuna.create_study(storage=first, study_name="s")
+    second = StoreJournalStorage(remote, local=str(tmp_path / "b" / "s.journal"))
+    study_b = optuna.load_study(storage=second, study_name="s")
+    study_b.ask()  # the second driver pushes first
+    with pytest.raises(search.SearchError, match="another driver is running this study"):
+        study_a.ask()
+    final = optuna.load_study(storage=StoreJournalStorage(remote, local=str(tmp_path / "c" / "s.journal")),
+                              study_name="s")
+    assert len(final.trials) == 1  # the second driver's trial; the first driver's never overwrote it
+
+
+def test_a_file_uri_journal_is_replaced_by_rename_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    import optuna
+
+    monkeypatch.setenv("SRNET_CACHE", str(tmp_path / "scratch"))
+    spec = parse_spec(spec_dict(f"file://{tmp_path}/out"))
+    name = search.build_setting(spec).study_name
+    study = optuna.create_study(storage=search.storage_for(spec, name), study_name=name, direction="maximize")
+    for i in range(3):
+        study.tell(study.ask(), float(i))
+    folder = tmp_path / "out" / "search"
+    assert sorted(os.listdir(folder)) == [f"{name}.journal"]
+    monkeypatch.setenv("SRNET_CACHE", str(tmp_path / "other"))
+    assert [t.value for t in optuna.load_study(study_name=name, storage=search.storage_for(spec, name)).trials] \
+        == [0.0, 1.0, 2.0]
+
+
+def test_search_storage_mistake_is_one_line(tmp_path):
+    with pytest.raises(SpecError, match=r"storage 'redis://h:6379/0' is neither an RDB URL .* nor a journal "
+                                        r"ending \.journal") as err:
+        parse_spec(spec_dict(str(tmp_path), storage="redis://h:6379/0"))
+    assert "\n" not in str(err.value)
+    for ok in ("sqlite:///x.db", "postgresql+psycopg2://u@h/db", "s3://b/x.journal", str(tmp_path / "x.journal")):
+        assert parse_spec(spec_dict(str(tmp_path), storage=ok)).search.storage == ok
+
+
+def test_trials_carry_dashboard_attributes(tmp_path):
+    """optuna-dashboard shows user attributes per trial: node keys, rows path, params, objective values."""
+    import optuna
+
+    enqueue = [{"initial": 0.5, "start": 0.0, "end": 0.5, "frequency": 1, "lr": 0.5},
+               {"initial": 0.7, "start": 0.1, "end": 0.6, "frequency": 1, "lr": 1e-9},
+               {"initial": 0.6, "start": 0.0, "end": 0.5, "frequency": 2, "lr": 0.25}]
+    spec = parse_spec(spec_dict(str(tmp_path), kind="schedule", n_trials=3, batch_size=1, min_id_ratio=None,
+                                schedule={"lr": {"low": 1e-9, "high": 1.0, "log": True}}, enqueue=enqueue,
+                                pruner={"kind": "median", "rungs": [0.5], "n_startup_trials": 1}))
+    from workers.store import ArtifactStore
+
+    store = ArtifactStore(spec.artifact_root())
+    root = results.results_dir(spec.output_dir)
+    result = search.run_study(spec, ScriptedRunner(store, fail_lr=0.25), store, root, log=lambda m: None)
+    setting = result.setting
+    study = optuna.load_study(study_name=setting.study_name, storage=search.storage_for(spec, setting.study_name))
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "FAIL"]
+    for t in trials:
+        params = search.suggest_fixed(t.params)
+        full, rung = search.trial_node(setting, params), search.trial_node(setting, params, 0.5)
+        attrs = t.user_attrs
+        assert attrs["params"] == t.params and attrs["finetune_key"] == setting.finetune.key
+        assert attrs["results"] == root
+        node = full if t.state.name == "COMPLETE" else rung
+        assert attrs["node_key"] == node.key
+        assert attrs["rows"] == os.path.join(store.root, node.stage, node.key, "rows.parquet")
+        assert attrs["node_keys"] == ([rung.key, full.key] if t.state.name == "COMPLETE" else [rung.key])
+    assert os.path.isfile(trials[0].user_attrs["rows"])
+    assert trials[0].user_attrs["id_dev"] == 0.9 and trials[0].user_attrs["ood_dev"] == 0.9
+    full_cost = search.trial_cost(setting, search.suggest_fixed(trials[0].params), setting.mask_steps)
+    assert trials[0].user_attrs["cost"] == full_cost and trials[0].user_attrs["scalar"] == 1.8
+    assert trials[1].user_attrs["id_dev"] == 0.3 and trials[1].user_attrs["rung"] == 0.5
+    assert trials[2].user_attrs["error"] == "RuntimeError: out of memory" and "id_dev" not in trials[2].user_attrs
+
+
+def test_each_launch_is_one_ray_job_named_for_the_dashboard(tmp_path):
+    """The Ray dashboard's Jobs page names a driver job by its metadata 'job_name': the search driver's job is
+    named after its study, the launch's after its sweep (read back from the cluster's job table)."""
+    script = """
+import argparse, json, ray
+from orchestrator import launch
+from orchestrator.search.cli import ray_session
+from orchestrator.spec import parse_spec
+def name():
+    w = ray._private.worker.global_worker
+    return dict(w.gcs_client.get_all_job_info()[w.current_job_id].config.metadata).get("job_name")
+names = []
+with ray_session(None, "tiny_search.timing.abc"):
+    names.append(name())
+spec = parse_spec(json.loads(%r))
+args = argparse.Namespace(address=None, verbose=False, no_ship_code=True)
+with launch.ray_session(args, spec):
+    names.append(name())
+print(json.dumps(names))
+""" % __import__("json").dumps(spec_dict(str(tmp_path / "out")))
+    short = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    try:
+        out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=240,
+                             env={**os.environ, "PYTHONPATH": REPO, "RAY_TMPDIR": short, "HOME": str(tmp_path)})
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["tiny_search.timing.abc", "tiny_search"]

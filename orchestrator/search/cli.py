@@ -32,14 +32,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None):
-    """An embedded (or the addressed) Ray for the study, shut down on exit; a Ray already started is reused."""
+def ray_session(address: str | None, job_name: str):
+    """An embedded (or the addressed) Ray for the study, shut down on exit; a Ray already started is reused.
+    The driver is one Ray job named ``job_name`` (the study's name) on the cluster's dashboard."""
     import ray
+
+    from .. import cluster as clusterlib
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, include_dashboard=False, logging_level="WARNING") if address \
-            else ray.init(include_dashboard=False, logging_level="WARNING")
+        ray.init(address=address, logging_level="WARNING", job_config=clusterlib.job_config(job_name)) \
+            if address else ray.init(include_dashboard=False, logging_level="WARNING",
+                                     job_config=clusterlib.job_config(job_name))
     try:
         yield
     finally:
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_spec(args.spec)
         if spec.search is None:
             raise SpecError(f"{args.spec}: no 'search' section; see sweeps/timing_search.yaml and docs/search.md")
-        build_setting(spec)
+        study = build_setting(spec).study_name
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -63,15 +67,20 @@ def main(argv: list[str] | None = None) -> int:
     root = results.results_dir(spec.output_dir)
     runner = LaunchRunner(spec, store, root) if args.runner == "ray" else LocalRunner(spec, store, root)
     try:
-        with ray_session(args.address) if args.runner == "ray" else contextlib.nullcontext():
+        with ray_session(args.address, study) if args.runner == "ray" else contextlib.nullcontext():
             result = run_study(spec, runner, store, root, n_trials=args.n_trials)
             table = predictor_comparison(result, runner, store, root) if not args.no_report else pd.DataFrame()
     except SearchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if not args.no_report:
+        from .. import cluster as clusterlib
         from ..search_report import write_search_report
-        path = write_search_report(result, table, root, os.path.abspath(spec.output_dir))
-        print(f"search report: {path}")
+
+        # A URI output_dir: the report is written in this machine's scratch space, then copied there.
+        local = clusterlib.local_output_dir(spec.output_dir, spec.name)
+        path = write_search_report(result, table, root, local)
+        clusterlib.upload_outputs(local, spec.output_dir)
+        print(f"search report: {clusterlib.join(spec.output_dir, os.path.relpath(path, local))}")
     print(f"study {result.setting.study_name}: {len(result.study.trials)} trial(s); results: {root}")
     return 0
