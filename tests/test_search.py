@@ -563,3 +563,71 @@ print(json.dumps(names))
         shutil.rmtree(short, ignore_errors=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == ["tiny_search.timing.abc", "tiny_search"]
+
+
+@pytest.mark.slow
+def test_a_study_in_the_store_survives_its_driver_across_machines(s3_server, monkeypatch, tmp_path):
+    """Issue 21 item 1 on the local S3 server: the driver (output_dir s3://...) is killed with SIGKILL while a
+    trial runs, after at least one completed; a relaunch on another 'machine' (its own working directory and
+    scratch space) continues the study from the journal in the store: no trial repeated, none lost."""
+    import optuna
+    from orchestrator.search.storage import StoreJournalStorage
+
+    for k, v in s3_server.items():
+        monkeypatch.setenv(k, v)
+    d = spec_dict("s3://sweeps/resume21", n_trials=4, batch_size=2, sampler="random")
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(d))
+    spec = parse_spec(d)
+    name = search.build_setting(spec).study_name
+    remote = f"s3://sweeps/resume21/search/{name}.journal"
+
+    def machine(tag):
+        (tmp_path / tag).mkdir()
+        env = {**os.environ, **s3_server, "PYTHONPATH": REPO, "SRNET_CACHE": str(tmp_path / tag / "scratch")}
+        return dict(cwd=str(tmp_path / tag), env=env)
+
+    def trials_in_store(i):
+        local = str(tmp_path / "probe" / f"{i}.journal")
+        return optuna.load_study(study_name=name, storage=StoreJournalStorage(remote, local=local)).get_trials()
+
+    cmd = [sys.executable, "-m", "orchestrator.search", str(spec_path), "--runner", "local", "--no-report"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **machine("a"))
+    at_kill, polls, deadline = None, 0, time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            polls += 1
+            try:
+                trials = trials_in_store(polls)
+            except KeyError:  # the study is not created yet
+                trials = []
+            states = [t.state.name for t in trials]
+            if "COMPLETE" in states and "RUNNING" in states:
+                os.kill(proc.pid, signal.SIGKILL)
+                at_kill = trials
+                break
+            time.sleep(0.3)
+    finally:
+        if proc.poll() is None and at_kill is None:
+            proc.kill()
+        proc.wait(timeout=30)
+    assert at_kill, "the driver finished before a trial was caught running: " + proc.stdout.read().decode()[-2000:]
+    running = [t.number for t in at_kill if t.state.name == "RUNNING"]
+    done = {t.number: (t.params, t.values) for t in at_kill if t.state.name == "COMPLETE"}
+
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=400, **machine("b"))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    import re
+    resumed = re.search(r"resuming (\d+) unfinished trial\(s\): \[([\d, ]*)\]", out.stdout)
+    assert resumed and [int(n) for n in resumed.group(2).split(",")] == running, out.stdout
+    trials = trials_in_store("final")
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert {t.number: (t.params, t.values) for t in trials if t.number in done} == done  # kept, not re-run
+    assert all(t.params for t in trials)
+    rows = results.load("s3://sweeps/resume21/results")
+    rows = rows[rows["stage"] == "search_trial"]
+    assert len(rows) == 16 and sorted(rows.groupby("trial").size().to_dict().items()) == [(i, 4) for i in range(4)]
+    for tag in ("a", "b"):  # each machine's working copy in its own scratch space; no local 's3:' folder
+        assert not os.path.exists(tmp_path / tag / "s3:")
+    assert any(f.endswith(".journal") for _, _, fs in os.walk(tmp_path / "b" / "scratch" / "studies") for f in fs)
