@@ -631,3 +631,18 @@ def test_a_study_in_the_store_survives_its_driver_across_machines(s3_server, mon
     for tag in ("a", "b"):  # each machine's working copy in its own scratch space; no local 's3:' folder
         assert not os.path.exists(tmp_path / tag / "s3:")
     assert any(f.endswith(".journal") for _, _, fs in os.walk(tmp_path / "b" / "scratch" / "studies") for f in fs)
+
+
+def test_launch_refuses_a_search_section_in_one_line(tmp_path, capsys):
+    """Issue 21 item 3, decided: launch runs grids; a spec with a search: section is refused (exit 2) with
+    one line naming the study's driver, before anything is planned or started."""
+    from orchestrator import launch
+
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec_dict(str(tmp_path / "out"))))
+    assert launch.main([str(spec_path)]) == 2
+    text = capsys.readouterr()
+    lines = [line for line in (text.out + text.err).splitlines() if line.strip()]
+    assert len(lines) == 1 and "field 'search'" in lines[0]
+    assert f"python -m orchestrator.search {spec_path}" in lines[0]
+    assert not os.path.exists(tmp_path / "out")
