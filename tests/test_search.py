@@ -445,6 +445,10 @@ def test_a_uri_output_dirs_journal_is_kept_in_the_store_not_in_a_local_s3_folder
     search.storage.flush(where)  # nothing new: no request
     assert where.backend.pushes == pushes + 1
     assert not os.path.exists(tmp_path / "s3:") and not os.path.exists(os.path.join(REPO, "s3:"))
+    from optuna.storages.journal._storage import JournalOperation
+
+    assert sorted(JournalOperation(op).name for op in search.storage.PUSH_NOW) == [
+        "CREATE_STUDY", "CREATE_TRIAL", "DELETE_STUDY", "DISCARD_TRIALS", "SET_TRIAL_PARAM", "SET_TRIAL_STATE_VALUES"]
 
     monkeypatch.setenv("SRNET_CACHE", str(tmp_path / "machine-b"))
     again = optuna.load_study(study_name=name, storage=search.storage_for(spec, name))
@@ -615,8 +619,15 @@ def test_a_study_in_the_store_survives_its_driver_across_machines(s3_server, mon
     running = [t.number for t in at_kill if t.state.name == "RUNNING"]
     done = {t.number: (t.params, t.values) for t in at_kill if t.state.name == "COMPLETE"}
 
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=400, **machine("b"))
+    out = subprocess.run(cmd[:-1], capture_output=True, text=True, timeout=400, **machine("b"))  # with the report
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = f"s3://sweeps/resume21/search/{name}.md"
+    assert f"search report: {report}" in out.stdout  # written in scratch, uploaded beside the journal
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(report)
+    with fs.open_input_stream(path) as f:
+        assert f.read().decode().startswith(f"# Search {name}")
     import re
     resumed = re.search(r"resuming (\d+) unfinished trial\(s\): \[([\d, ]*)\]", out.stdout)
     assert resumed and [int(n) for n in resumed.group(2).split(",")] == running, out.stdout

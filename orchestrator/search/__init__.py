@@ -4,7 +4,8 @@
 
 Trials are ordinary content-keyed stage nodes built with the planner's node builders: a trial whose
 parameters equal an earlier node's reuses that node, and a relaunch after a kill continues the study (the
-trials the killed driver left RUNNING are finished with the parameters they already had, never re-asked).
+trials the killed driver left RUNNING are finished with the parameters they already had, never re-asked),
+on this machine or another: the study lives with the sweep's outputs (``storage``).
 Objectives come from the trial node's rows at its checkpoint selected on ID dev: ID dev (eval_role "id") and
 OOD dev (eval_role "ood_dev"); rows with eval_role "ood" (the reported OOD test sets) are never read here.
 
@@ -19,6 +20,8 @@ Modules, one job each:
 * ``setting``: the study's fixed setting, its name, and trials as mask-training nodes;
 * ``objectives``: ID dev / OOD dev at the selected checkpoint, the scalarised objective;
 * ``runners``: ``LaunchRunner``, ``LocalRunner``;
+* ``storage``: where the study lives (an Optuna journal with the sweep's outputs, kept in the store for a URI
+  ``output_dir``: pulled at start, pushed after each trial change), or an RDB URL;
 * ``study``: storage, sampler and pruner factories, the trial loop (``run_study``), trial rows;
 * ``predictor``: Early-Bird and ID-dev-plateau picks against the study's best trial (timing searches);
 * ``cli``: the command line (``python -m orchestrator.search``).

@@ -33,7 +33,8 @@ from .objectives import SearchError
 # Journal operations pushed at once (optuna.storages.journal._storage.JournalOperation): what a relaunch needs
 # to see a trial (created, its parameters, its state). 2, 3, 7, 8, 9 (attributes, intermediate values) are
 # pushed with the next of these: the driver always writes them just before a trial's state changes.
-PUSH_NOW = {0, 1, 4, 5, 6, 10}  # CREATE_STUDY, DELETE_STUDY, CREATE_TRIAL, SET_TRIAL_PARAM, SET_TRIAL_STATE_VALUES, DISCARD_TRIALS
+# CREATE_STUDY, DELETE_STUDY, CREATE_TRIAL, SET_TRIAL_PARAM, SET_TRIAL_STATE_VALUES, DISCARD_TRIALS
+PUSH_NOW = {0, 1, 4, 5, 6, 10}
 
 
 def is_rdb_url(url: str) -> bool:
@@ -166,6 +167,14 @@ def storage_for(output_dir: str, storage: str | None, study: str):
         return StoreJournalStorage(where)
     os.makedirs(os.path.dirname(where), exist_ok=True)
     return JournalStorage(JournalFileBackend(where))
+
+
+def describe(where, location: str | None) -> str:
+    """Where the study is, for the driver's log: ``where`` from ``storage_for``, ``location`` from
+    ``journal_location`` (an RDB URL's credentials are not printed)."""
+    if isinstance(where, StoreJournalStorage):
+        return f"{where.backend.remote} (working copy {where.backend.local})"
+    return location or f"{str(where).split('://', 1)[0]}://... (RDB)"
 
 
 def flush(storage) -> None:

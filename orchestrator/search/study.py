@@ -219,6 +219,8 @@ def run_study(spec: SweepSpec, runner: NodeRunner, store, root: str, log: Callab
     target = n_trials or setting.search.n_trials
     where = storage_for(spec, setting.study_name)
     study = open_study(setting, where)
+    location = storage.journal_location(spec.output_dir, spec.search.storage, setting.study_name)
+    log(f"study storage: {storage.describe(where, location)}")
     try:
         result = _drive(setting, study, runner, store, root, log, target)
     except BaseException:
