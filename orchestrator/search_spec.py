@@ -87,7 +87,9 @@ class SearchSpec(_Strict):
     backbone: str | None = None
     seed: int | None = None
     n_trials: int = Field(ge=1)  # in the study in all, past trials included: a relaunch tops it up
-    batch_size: int = Field(1, ge=1)  # trials asked together and run as one batch of nodes
+    batch_size: int = Field(1, ge=1)  # trials asked together and run as one batch of nodes (batch runners)
+    # --runner ray (ask/tell on the running scheduler): at most this many trials in flight; null = batch_size
+    parallelism: int | None = Field(None, ge=1)
     mode: Literal["pareto", "scalar"] = "pareto"
     objectives: list[Objective] = ["id_dev", "ood_dev", "cost"]  # pareto: maximise accuracies, minimise cost
     # scalar: maximise w_id * id_dev + w_ood * ood_dev - w_cost * cost / max_cost

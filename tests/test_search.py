@@ -256,29 +256,80 @@ class ScriptedRunner:
         self.store, self.ran, self.fail_lr = store, [], fail_lr
 
     def run_nodes(self, nodes):
-        import json
-
         errors = {}
         for wave in search.closure(nodes):
             for node in wave:
-                if self.store.is_complete(node.stage, node.key):
-                    continue
-                self.ran.append(node.key)
-                lr = node.stage_config["train"]["lr"]
-                if lr == self.fail_lr:
-                    errors[node.key] = "RuntimeError: out of memory"
-                    continue
-                good = 0.9 if lr > 1e-6 else 0.3
-                rows = [{"node_key": node.key, "step": 2, "eval_dataset": split, "eval_role": role,
-                         "metric": "accuracy", "value": good if role != "ood" else 0.0, "selected": True}
-                        for split, role in (("dev", "id"), ("ood_dev", "ood_dev"), ("ood", "ood"))]
-                out = self.store.node_dir(node.stage, node.key)
-                os.makedirs(out, exist_ok=True)
-                pd.DataFrame(rows).to_parquet(os.path.join(out, "rows.parquet"))
-                with open(os.path.join(out, "summary.json"), "w") as f:
-                    json.dump({"wall_seconds": 1.0}, f)
-                self.store.mark_complete(node.stage, node.key, {})
+                if not self.store.is_complete(node.stage, node.key):
+                    error = self.run_one(node)
+                    if error:
+                        errors[node.key] = error
         return {n.key: errors.get(n.key) for n in nodes}
+
+    def run_one(self, node) -> str | None:
+        self.ran.append(node.key)
+        lr = node.stage_config["train"]["lr"]
+        if lr == self.fail_lr:
+            return "RuntimeError: out of memory"
+        good = 0.9 if lr > 1e-6 else 0.3
+        rows = [{"node_key": node.key, "step": 2, "eval_dataset": split, "eval_role": role,
+                 "metric": "accuracy", "value": good if role != "ood" else 0.0, "selected": True}
+                for split, role in (("dev", "id"), ("ood_dev", "ood_dev"), ("ood", "ood"))]
+        out = self.store.node_dir(node.stage, node.key)
+        os.makedirs(out, exist_ok=True)
+        pd.DataFrame(rows).to_parquet(os.path.join(out, "rows.parquet"))
+        with open(os.path.join(out, "summary.json"), "w") as f:
+            json.dump({"wall_seconds": 1.0}, f)
+        self.store.mark_complete(node.stage, node.key, {})
+        return None
+
+
+class ScriptedScheduler(ScriptedRunner):
+    """An ask/tell runner without Ray, like one Tune run: one DagScheduler kept open, its ready nodes run by
+    ``workers`` threads (ScriptedRunner's rows, ``seconds`` each); records how many trial nodes ran at once."""
+
+    ask_tell = True
+
+    def __init__(self, store, fail_lr=None, workers=3, seconds=0.05):
+        super().__init__(store, fail_lr)
+        self.workers, self.seconds, self.runs, self.most, self._now = workers, seconds, 0, 0, 0
+        import threading
+
+        self._lock = threading.Lock()
+
+    def run_study(self, finetune, driver):
+        import threading
+
+        from orchestrator.scheduler import DagScheduler
+
+        self.runs += 1
+        sched = DagScheduler(keep_open=True)
+        every = [n for wave in search.closure([finetune]) for n in wave]
+        sched.add_nodes(every, complete={n.key for n in every if self.store.is_complete(n.stage, n.key)})
+        driver.attach(sched)
+
+        def work():
+            while True:
+                node = sched.next_ready()
+                if node is None:
+                    if sched.finished:
+                        return
+                    time.sleep(0.005)
+                    continue
+                with self._lock:
+                    self._now += node.stage == "mask_train"
+                    self.most = max(self.most, self._now)
+                time.sleep(self.seconds)
+                error = self.run_one(node)
+                with self._lock:
+                    self._now -= node.stage == "mask_train"
+                sched.node_failed(node.key, error) if error else sched.node_done(node.key)
+
+        threads = [threading.Thread(target=work) for _ in range(self.workers)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=120)
+        driver.join()
 
 
 def test_a_failed_node_is_a_failed_trial_not_a_crashed_study(tmp_path):
@@ -657,3 +708,91 @@ def test_launch_refuses_a_search_section_in_one_line(tmp_path, capsys):
     assert len(lines) == 1 and "field 'search'" in lines[0]
     assert f"python -m orchestrator.search {spec_path}" in lines[0]
     assert not os.path.exists(tmp_path / "out")
+
+
+# -- issue 21 item 2: ask/tell on the running scheduler -----------------------------------------------------
+def _schedule_spec(tmp_path, n_trials, parallelism, enqueue):
+    return parse_spec(spec_dict(str(tmp_path), kind="schedule", n_trials=n_trials, batch_size=1,
+                                parallelism=parallelism, min_id_ratio=None, enqueue=enqueue,
+                                schedule={"lr": {"low": 1e-9, "high": 1.0, "log": True}},
+                                pruner={"kind": "median", "rungs": [0.5], "n_startup_trials": 1}))
+
+
+def test_ask_tell_study_runs_on_one_scheduler_within_its_parallelism(tmp_path):
+    """One run for the whole study: trials join the running scheduler as others end, never more than
+    ``parallelism`` at once; the pruner judges each rung as it ends; a failed node fails only its trial."""
+    enqueue = [{"initial": 0.5, "start": 0.0, "end": 0.5, "frequency": 1, "lr": 0.5},
+               {"initial": 0.6, "start": 0.0, "end": 0.5, "frequency": 2, "lr": 0.3},
+               {"initial": 0.7, "start": 0.1, "end": 0.6, "frequency": 1, "lr": 1e-9},
+               {"initial": 0.6, "start": 0.0, "end": 0.5, "frequency": 2, "lr": 0.25},
+               {"initial": 0.5, "start": 0.1, "end": 0.5, "frequency": 1, "lr": 0.1}]
+    spec = _schedule_spec(tmp_path, 5, 2, enqueue)
+    from workers.store import ArtifactStore
+
+    store = ArtifactStore(spec.artifact_root())
+    root = results.results_dir(spec.output_dir)
+    runner = ScriptedScheduler(store, fail_lr=0.25, workers=4)
+    result = search.run_study(spec, runner, store, root, log=lambda m: None)
+    trials = result.study.trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL", "COMPLETE"]
+    assert runner.runs == 1 and 1 <= runner.most <= 2  # one run; never more than `parallelism` trial nodes
+    setting = result.setting
+    fulls = {t.number: search.trial_node(setting, search.suggest_fixed(t.params)).key for t in trials}
+    rungs = {t.number: search.trial_node(setting, search.suggest_fixed(t.params), 0.5).key for t in trials}
+    assert len(runner.ran) == len(set(runner.ran)) == 1 + 5 + 3  # fine-tune, five rungs, three full runs
+    assert fulls[2] not in runner.ran and fulls[3] not in runner.ran and rungs[3] in runner.ran
+    assert trials[2].intermediate_values == {2: 0.6} and trials[0].intermediate_values == {2: 1.8, 4: 1.8}
+    assert result.trial_nodes == {0: fulls[0], 1: fulls[1], 4: fulls[4]}
+    rows = results.load(root)
+    rows = rows[rows["stage"] == "search_trial"]
+    assert rows.groupby("trial")["status"].first().to_dict() == {
+        0: "trial_complete", 1: "trial_complete", 2: "trial_pruned", 3: "trial_fail", 4: "trial_complete"}
+    assert len(rows) == 20
+
+
+def test_ask_tell_resumes_a_killed_drivers_running_trial_and_reuses_equal_nodes(tmp_path):
+    enqueue = [{"initial": 0.5, "start": 0.0, "end": 0.5, "frequency": 1, "lr": 0.5},
+               {"initial": 0.5, "start": 0.0, "end": 0.5, "frequency": 1, "lr": 0.5},  # equal to trial 0
+               {"initial": 0.6, "start": 0.0, "end": 0.5, "frequency": 2, "lr": 0.3}]
+    spec = _schedule_spec(tmp_path, 3, 3, enqueue)
+    setting = search.build_setting(spec)
+    study = search.open_study(setting, search.storage_for(spec, setting.study_name))
+    for params in enqueue:
+        study.enqueue_trial(params)
+    left = study.ask()  # a killed driver's trial: RUNNING, its parameters set
+    search.suggest(left, setting)
+    from workers.store import ArtifactStore
+
+    store = ArtifactStore(spec.artifact_root())
+    root = results.results_dir(spec.output_dir)
+    runner, logged = ScriptedScheduler(store, workers=2), []
+    result = search.run_study(spec, runner, store, root, log=logged.append)
+    assert "resuming 1 unfinished trial(s): [0]" in logged
+    trials = result.study.trials
+    assert [t.number for t in trials] == [0, 1, 2] and [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert trials[0].params == trials[1].params == enqueue[0]
+    assert len(runner.ran) == len(set(runner.ran)) == 1 + 2 * 2  # trials 0 and 1 share their rung and full node
+
+
+@pytest.mark.slow
+def test_ask_tell_study_through_one_ray_tune_run(tmp_path, ray_env, monkeypatch):
+    from orchestrator import launch
+    from workers.store import ArtifactStore
+
+    calls = []
+    real = launch.run_plan
+    monkeypatch.setattr(launch, "run_plan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    starts = [2, 6, 4]
+    spec = parse_spec(spec_dict(str(tmp_path), n_trials=3, batch_size=1, parallelism=2,
+                                enqueue=[{"start_step": s} for s in starts]))
+    store = ArtifactStore(spec.artifact_root())
+    root = results.results_dir(spec.output_dir)
+    runner = search.SchedulerRunner(spec, store, root)
+    result = search.run_study(spec, runner, store, root, log=lambda m: None)
+    trials = result.study.trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3 and [t.params["start_step"] for t in trials] == starts
+    assert calls == [1]  # the whole study, fine-tuning included, in one Tune run
+    setting = result.setting
+    expected = [setting.finetune.key] + [search.trial_node(setting, {"start_step": s}).key for s in starts]
+    assert len(runner.ran) == 4 and sorted(runner.ran) == sorted(expected)
+    assert result.trial_nodes == dict(enumerate(expected[1:]))

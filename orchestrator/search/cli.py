@@ -1,4 +1,4 @@
-"""``python -m orchestrator.search SPEC [--runner ray|local] [--address ray://...] [--n-trials N] [--no-report]``"""
+"""``python -m orchestrator.search SPEC [--runner ray|ray-batches|local] [--address ray://...] [--n-trials N] [--no-report]``"""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +13,7 @@ from ..spec import SpecError, load_spec
 from . import __doc__ as package_doc
 from .objectives import SearchError
 from .predictor import predictor_comparison
-from .runners import LaunchRunner, LocalRunner
+from .runners import LaunchRunner, LocalRunner, SchedulerRunner
 from .setting import build_setting
 from .study import run_study
 
@@ -22,9 +22,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.search", description=package_doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", help="sweep YAML with a search: section (see sweeps/timing_search.yaml)")
-    parser.add_argument("--runner", choices=["ray", "local"], default="ray",
-                        help="ray: Ray Tune runs through the launch's scheduler (default); local: nodes in this "
-                             "process, no Ray")
+    parser.add_argument("--runner", choices=["ray", "ray-batches", "local"], default="ray",
+                        help="ray: the whole study is one Ray Tune run of the launch's scheduler, trials added as "
+                             "others end (default); ray-batches: one Tune run per batch of trials and per rung; "
+                             "local: nodes in this process, no Ray")
     parser.add_argument("--address", help="Ray cluster address; default: an embedded local Ray")
     parser.add_argument("--n-trials", type=int, help="override search.n_trials (the study's total)")
     parser.add_argument("--no-report", action="store_true", help="skip the figures and tables")
@@ -65,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 
     store = ArtifactStore(spec.artifact_root())
     root = results.results_dir(spec.output_dir)
-    runner = LaunchRunner(spec, store, root) if args.runner == "ray" else LocalRunner(spec, store, root)
+    runner = {"ray": SchedulerRunner, "ray-batches": LaunchRunner, "local": LocalRunner}[args.runner](spec, store, root)
     try:
-        with ray_session(args.address, study) if args.runner == "ray" else contextlib.nullcontext():
+        with ray_session(args.address, study) if args.runner != "local" else contextlib.nullcontext():
             result = run_study(spec, runner, store, root, n_trials=args.n_trials)
             table = predictor_comparison(result, runner, store, root) if not args.no_report else pd.DataFrame()
     except SearchError as err:

@@ -236,6 +236,12 @@ def _drive(setting: Setting, study, runner: NodeRunner, store, root: str, log, t
     for params in s.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
     log(f"study {setting.study_name}: {len(study.trials)} trial(s) so far, target {target}")
+    if getattr(runner, "ask_tell", False):  # one run; trials join the running scheduler as others end
+        from .asktell import AskTell
+
+        loop = TrialLoop(setting, study, runner, store, root, log, float("nan"))  # dense: once fine-tuned
+        runner.run_study(setting.finetune, AskTell(loop, target, s.parallelism or s.batch_size, log))
+        return SearchResult(study, setting, loop.dense, loop.completed_nodes())
     # The fine-tuning (and its bias model) first: every trial starts from it, and it gives the dense baseline.
     if runner.run_nodes([setting.finetune])[setting.finetune.key]:
         raise SearchError(f"the fine-tuning node {setting.finetune.key} failed; see its error row in the results")
