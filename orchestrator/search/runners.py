@@ -10,6 +10,7 @@ nodes and whatever upstream of them is not complete.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Protocol
 
 from ..spec import SweepSpec
@@ -66,9 +67,12 @@ class SchedulerRunner(LaunchRunner):
         try:
             finished = launch.run_plan(self.spec, Plan({n.key: n for n in every}), self.store, self.root, complete,
                                        on_scheduler=driver.attach)[2]
-            self.ran.extend(key for _, key in finished)
-        finally:
-            driver.join()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the run's own error is the one to report
+                driver.join()
+            raise
+        self.ran.extend(key for _, key in finished)
+        driver.join()
 
 
 class LocalRunner(_RunnerBase):
