@@ -35,15 +35,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @contextlib.contextmanager
 def ray_session(address: str | None, job_name: str):
     """An embedded (or the addressed) Ray for the study, shut down on exit; a Ray already started is reused.
-    The driver is one Ray job named ``job_name`` (the study's name) on the cluster's dashboard."""
+    The driver is one Ray job named ``job_name`` (the study's name) on the cluster's dashboard; on a cluster
+    the project's code is shipped to the workers as a launch ships it (``cluster.runtime_env``)."""
     import ray
 
     from .. import cluster as clusterlib
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, logging_level="WARNING", job_config=clusterlib.job_config(job_name)) \
-            if address else ray.init(include_dashboard=False, logging_level="WARNING",
+        ray.init(address=address, logging_level="WARNING", job_config=clusterlib.job_config(job_name),
+                 runtime_env=clusterlib.runtime_env()) if address else ray.init(include_dashboard=False, logging_level="WARNING",
                                      job_config=clusterlib.job_config(job_name))
     try:
         yield
