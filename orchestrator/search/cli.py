@@ -1,4 +1,4 @@
-"""``python -m orchestrator.search SPEC [--runner ray|ray-batches|local] [--address ray://...] [--n-trials N] [--no-report]``"""
+"""``python -m orchestrator.search SPEC [--runner ray|ray-batches|local] [--address A] [--n-trials N] [--no-report]``"""
 from __future__ import annotations
 
 import argparse
@@ -43,9 +43,11 @@ def ray_session(address: str | None, job_name: str):
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, logging_level="WARNING", job_config=clusterlib.job_config(job_name),
-                 runtime_env=clusterlib.runtime_env()) if address else ray.init(include_dashboard=False, logging_level="WARNING",
-                                     job_config=clusterlib.job_config(job_name))
+        job = clusterlib.job_config(job_name)
+        if address:
+            ray.init(address=address, logging_level="WARNING", job_config=job, runtime_env=clusterlib.runtime_env())
+        else:
+            ray.init(include_dashboard=False, logging_level="WARNING", job_config=job)
     try:
         yield
     finally:
