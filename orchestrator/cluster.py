@@ -63,6 +63,15 @@ def filesystem(root: str):
     return pafs.LocalFileSystem(), os.path.abspath(root)
 
 
+def job_config(name: str):
+    """The Ray job of one launch, named for the Ray dashboard: its Jobs page shows ``metadata["job_name"]`` in
+    the Name column (for a driver that connects with ``ray.init``; ``ray job submit`` sets its own name unless
+    given ``--metadata-json '{"job_name": ...}'``)."""
+    from ray.job_config import JobConfig
+
+    return JobConfig(metadata={"job_name": name})
+
+
 def scratch_dir() -> str:
     """This machine's scratch space (URI stores stage node outputs here; Tune keeps its disposable state)."""
     return os.path.abspath(os.environ.get("SRNET_CACHE", os.path.join(tempfile.gettempdir(), "srnet-cache")))

@@ -258,6 +258,9 @@ def load(args: argparse.Namespace) -> tuple[SweepSpec, Plan, ArtifactStore]:
     """The spec, its plan and its store, with everything a launch would refuse checked before Ray starts;
     a mistake raises SpecError (one line)."""
     spec = load_spec(args.spec)
+    if spec.search is not None:  # issue 21 item 3: a launch runs grids; a study has its own driver
+        raise SpecError(f"{args.spec}: field 'search': launch runs the grid only; run the study with "
+                        f"python -m orchestrator.search {args.spec} (docs/search.md)")
     clusterlib.override_output_dir(spec, args.output_dir)
     # what a launch would refuse, before Ray starts: the spec's resources, then every file and backbone it names
     check_launch(spec, args.spec, local_ray=not args.address, inputs=not (args.skip_input_checks or args.status))
@@ -286,11 +289,11 @@ def ray_session(args: argparse.Namespace, spec: SweepSpec):
 
     started = not ray.is_initialized()
     if started and args.address:
-        ray.init(address=args.address, log_to_driver=args.verbose,
+        ray.init(address=args.address, log_to_driver=args.verbose, job_config=clusterlib.job_config(spec.name),
                  runtime_env=None if args.no_ship_code else clusterlib.runtime_env())
     elif started:  # no dashboard (were one enabled, it would listen on the loopback interface only)
         ray.init(include_dashboard=False, dashboard_host="127.0.0.1", logging_level="WARNING",
-                 log_to_driver=args.verbose)
+                 log_to_driver=args.verbose, job_config=clusterlib.job_config(spec.name))
     try:
         clusterlib.check_cluster(spec.artifact_root(), clusterlib.local_paths(spec), clusterlib.alive_nodes())
         yield

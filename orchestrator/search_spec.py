@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Objective = Literal["id_dev", "ood_dev", "cost"]
+RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "oracle", "mssql")  # Optuna's RDBStorage URLs
 
 
 class _Strict(BaseModel):
@@ -86,7 +87,9 @@ class SearchSpec(_Strict):
     backbone: str | None = None
     seed: int | None = None
     n_trials: int = Field(ge=1)  # in the study in all, past trials included: a relaunch tops it up
-    batch_size: int = Field(1, ge=1)  # trials asked together and run as one batch of nodes
+    batch_size: int = Field(1, ge=1)  # trials asked together and run as one batch of nodes (batch runners)
+    # --runner ray (ask/tell on the running scheduler): at most this many trials in flight; null = batch_size
+    parallelism: int | None = Field(None, ge=1)
     mode: Literal["pareto", "scalar"] = "pareto"
     objectives: list[Objective] = ["id_dev", "ood_dev", "cost"]  # pareto: maximise accuracies, minimise cost
     # scalar: maximise w_id * id_dev + w_ood * ood_dev - w_cost * cost / max_cost
@@ -97,8 +100,9 @@ class SearchSpec(_Strict):
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     sampler_seed: int = 0
     n_startup_trials: int = Field(4, ge=0)  # TPE: random trials first
-    # Optuna storage: null = a JournalStorage file <output_dir>/search/<study>.journal; an RDB URL
-    # (sqlite:///..., postgresql://...) on a cluster; a path ending .journal = that journal file.
+    # Optuna storage: null = a journal <output_dir>/search/<study>.journal (for a URI output_dir kept in the
+    # store: pulled at start, pushed after each trial change); a path or URI ending .journal = that journal;
+    # an RDB URL (sqlite:///..., postgresql://...). orchestrator/search/storage.py
     storage: str | None = None
     pruner: Pruner = Pruner()
     enqueue: list[dict] = []  # parameter sets tried first (once per study), e.g. [{start_step: 8}]
@@ -115,6 +119,11 @@ class SearchSpec(_Strict):
                              "is missing")
         if self.mode == "pareto" and len(set(self.objectives)) != len(self.objectives):
             raise ValueError("objectives must not repeat")
+        if self.storage and "://" in self.storage and not self.storage.endswith(".journal") and \
+                self.storage.split("://", 1)[0].split("+", 1)[0].lower() not in RDB_SCHEMES:
+            raise ValueError(f"storage '{self.storage}' is neither an RDB URL ({', '.join(RDB_SCHEMES)}) nor a "
+                             "journal ending .journal (e.g. s3://bucket/sweep/search/study.journal); or leave it "
+                             "null for <output_dir>/search/<study>.journal")
         if self.mode == "pareto" and self.pruner.kind != "none":
             raise ValueError("a pruner needs mode: scalar (Optuna does not prune multi-objective studies)")
         return self

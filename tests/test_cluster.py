@@ -409,5 +409,84 @@ def test_sweep_on_a_multi_node_cluster_with_an_s3_store(tmp_path, s3_server, mon
     assert not [f for f in home_files if "artifacts" in f or f.endswith((".parquet", ".safetensors"))]
 
 
+@pytest.mark.slow
+def test_a_search_killed_on_a_cluster_continues_from_the_store_on_another_machine(tmp_path, s3_server, monkeypatch):
+    """Issue 21 items 1 and 2 on a 3-node cluster with the S3 store: the study's driver (ask/tell on one Tune
+    run, output_dir s3://...) is killed with SIGKILL while a trial runs, after one completed; a relaunch from
+    another working directory and scratch space continues it from the journal in the bucket: no trial repeated
+    or lost, completed trials keep their parameters and values."""
+    import optuna
+
+    from orchestrator import results, search
+    from orchestrator.search.storage import StoreJournalStorage
+    from orchestrator.spec import parse_spec
+
+    for k, v in s3_server.items():
+        monkeypatch.setenv(k, v)
+    out = "s3://sweeps/search21"
+    d = {**BASE, "name": "s21", "output_dir": out, "max_length": 24,
+         "task_options": {"synthetic": {"n_train": 64, "n_dev": 32, "n_ood": 32, "n_ood_dev": 32}},
+         "finetune": {"lr": 2e-3, "epochs": 2, "batch_size": 16, "eval_every": 4, "eval_batch_size": 64},
+         "mask_train": {"lr": 1e-2, "epochs": 1, "batch_size": 16, "eval_every": 2, "eval_batch_size": 64},
+         "mask": {"init": "magnitude_soft", "scope": "local"}, "resources": {"cpus_per_trial": 1},
+         "search": {"kind": "timing", "n_trials": 4, "parallelism": 2, "sampler": "random",
+                    "timing": {"sparsity": 0.5, "loss": "std"}}}
+    spec_path = tmp_path / "specs" / "s21.yaml"
+    spec_path.parent.mkdir()
+    spec_path.write_text(yaml.safe_dump(d))
+    name = search.build_setting(parse_spec(d)).study_name
+    remote = f"{out}/search/{name}.journal"
+    probes = iter(range(10**6))
+
+    def in_store():
+        local = str(tmp_path / "probe" / f"{next(probes)}.journal")
+        return optuna.load_study(study_name=name, storage=StoreJournalStorage(remote, local=local)).get_trials()
+
+    workers = [{"num_cpus": 1, "resources": {"w1": 1}}, {"num_cpus": 1, "resources": {"w2": 1}}]
+    env = _env(tmp_path, **s3_server)
+    machines = {}
+    for tag in ("a", "b"):  # two driver machines: their own working directory, home and scratch space
+        for sub in ("home", "scratch"):
+            (tmp_path / tag / sub).mkdir(parents=True)
+        machines[tag] = dict(env, HOME=str(tmp_path / tag / "home"), SRNET_CACHE=str(tmp_path / tag / "scratch"))
+    with ray_cluster(env, workers) as info:
+        cmd = [sys.executable, "-m", "orchestrator.search", str(spec_path), "--address", info["address"], "--no-report"]
+        proc = subprocess.Popen(cmd, cwd=tmp_path / "a", env=machines["a"], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        at_kill, deadline = None, time.time() + 600
+        try:
+            while time.time() < deadline and proc.poll() is None:
+                try:
+                    trials = in_store()
+                except KeyError:  # no study yet
+                    trials = []
+                states = [t.state.name for t in trials]
+                if "COMPLETE" in states and "RUNNING" in states:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    at_kill = trials
+                    break
+                time.sleep(0.5)
+        finally:
+            _kill(proc)
+        assert at_kill, "the driver ended before a trial was caught running: " + proc.stdout.read().decode()[-3000:]
+        running = [t.number for t in at_kill if t.state.name == "RUNNING"]
+        done = {t.number: (t.params, t.values) for t in at_kill if t.state.name == "COMPLETE"}
+        again = subprocess.run(cmd, cwd=tmp_path / "b", env=machines["b"], text=True, capture_output=True,
+                               timeout=900)
+        assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    resumed = re.search(r"resuming (\d+) unfinished trial\(s\): \[([\d, ]*)\]", again.stdout)
+    assert resumed and [int(n) for n in resumed.group(2).split(",")] == running, again.stdout
+    trials = in_store()
+    assert [t.number for t in trials] == [0, 1, 2, 3] and [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert {t.number: (t.params, t.values) for t in trials if t.number in done} == done
+    rows = results.load(f"{out}/results")
+    trial_rows = rows[rows["stage"] == "search_trial"]
+    assert len(trial_rows) == 16 and sorted(trial_rows.groupby("trial").size().items()) == [(i, 4) for i in range(4)]
+    nodes = rows[(rows["stage"] != "search_trial") & (rows["status"] == "completed")]
+    assert nodes.groupby("node_key")["ray_node_id"].nunique().eq(1).all()  # each node's rows: one run's
+    assert set(nodes["ray_node_id"]) <= set(info["workers"])
+    assert not os.path.exists(tmp_path / "a" / "s3:") and not os.path.exists(tmp_path / "b" / "s3:")
+
+
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "serve":
     _serve(json.loads(sys.argv[2]))

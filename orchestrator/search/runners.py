@@ -4,10 +4,13 @@ nodes and whatever upstream of them is not complete.
 * ``LaunchRunner``: each call is one Ray Tune run through the launch's dependency-driven scheduler
   (``orchestrator.launch.run_plan``): a batch of trials and what they need upstream, rows published as each
   node completes.
+* ``SchedulerRunner``: ask/tell on the running scheduler: the whole study is one Tune run, trials added as
+  nodes as others end (``orchestrator.search.asktell``); its ``run_nodes`` is ``LaunchRunner``'s.
 * ``LocalRunner``: the nodes one after another in this process (no Ray), for tests and debugging.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Protocol
 
 from ..spec import SweepSpec
@@ -44,6 +47,32 @@ class LaunchRunner(_RunnerBase):
         self.ran.extend(n.key for n in every if (n.stage, n.key) not in complete)
         errors = launch.run_plan(self.spec, Plan({n.key: n for n in every}), self.store, self.root, complete)[0]
         return {n.key: errors.get(n.key) for n in nodes}
+
+
+class SchedulerRunner(LaunchRunner):
+    """Ask/tell on the running scheduler (``orchestrator.search.asktell``): the whole study is ONE Tune run of
+    the launch's scheduler; trials are added to it as nodes as others end (no per-batch runs, no barriers).
+    ``run_nodes`` (the predictor's runs after the study) is ``LaunchRunner``'s."""
+
+    ask_tell = True
+
+    def run_study(self, finetune: Node, driver) -> None:
+        """One Tune run: ``finetune`` and its upstream as the plan, ``driver.attach`` as its on_scheduler hook
+        (it adds the trials' nodes and closes the scheduler); returns when the run and the driver have ended."""
+        from .. import launch
+        from ..plan import Plan
+
+        every = [n for wave in closure([finetune]) for n in wave]
+        complete = {(n.stage, n.key) for n in every if self.store.is_complete(n.stage, n.key)}
+        try:
+            finished = launch.run_plan(self.spec, Plan({n.key: n for n in every}), self.store, self.root, complete,
+                                       on_scheduler=driver.attach)[2]
+        except BaseException:
+            with contextlib.suppress(Exception):  # the run's own error is the one to report
+                driver.join()
+            raise
+        self.ran.extend(key for _, key in finished)
+        driver.join()
 
 
 class LocalRunner(_RunnerBase):

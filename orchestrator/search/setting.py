@@ -91,7 +91,7 @@ def study_name(setting: Setting) -> str:
     with more trials continues the same study and any change to what a trial means starts a new one."""
     s = setting.search
     probe = setting.nodes.base_config(setting.task, setting.backbone, setting.seed, "std", 0.0, setting.task_options)
-    payload = {"search": s.model_dump(exclude={"n_trials", "batch_size", "storage", "enqueue"}),
+    payload = {"search": s.model_dump(exclude={"n_trials", "batch_size", "parallelism", "storage", "enqueue"}),
                "finetune": setting.finetune.key, "trial_base": {k: v for k, v in probe.items()
                                                                 if k not in ("device", "data_dir")},
                "versions": STAGE_VERSION}

@@ -7,31 +7,27 @@ are published before the trial is told, so a driver killed in between re-finishe
 """
 from __future__ import annotations
 
-import os
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
 import pandas as pd
 
+from .. import cluster as clusterlib
 from .. import results
 from ..spec import SweepSpec
 from .nodes import Node
 from .objectives import OBJECTIVE_DIRECTIONS, SearchError, dense_id, node_rows, objective_values, scalarize
+from . import storage
 from .runners import NodeRunner
 from .setting import Setting, build_setting, max_cost, suggest, trial_cost, trial_node
 
 
 # -- storage, sampler, pruner --------------------------------------------------------------------------------
 def storage_for(spec: SweepSpec, name: str):
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    url = spec.search.storage
-    if url and "://" in url:
-        return url  # an RDB URL: Optuna builds its RDBStorage
-    path = url or os.path.join(os.path.abspath(spec.output_dir), "search", f"{name}.journal")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return JournalStorage(JournalFileBackend(os.path.abspath(path)))
+    """The study's Optuna storage (``search.storage``; default: a journal with the sweep's outputs, kept in
+    the store for a URI ``output_dir``): see ``orchestrator.search.storage``."""
+    return storage.storage_for(spec.output_dir, spec.search.storage, name)
 
 
 def _optuna():
@@ -55,11 +51,12 @@ PRUNERS: dict[str, Callable] = {
 }
 
 
-def open_study(setting: Setting):
+def open_study(setting: Setting, where=None):
+    """The study (created, or loaded if it exists) in ``where`` (default: ``storage_for``)."""
     s = setting.search
     kwargs = ({"directions": [OBJECTIVE_DIRECTIONS[o] for o in s.objectives]} if s.mode == "pareto"
               else {"direction": "maximize"})
-    return _optuna().create_study(storage=storage_for(setting.spec, setting.study_name),
+    return _optuna().create_study(storage=storage_for(setting.spec, setting.study_name) if where is None else where,
                                   sampler=SAMPLERS[s.sampler](s), pruner=PRUNERS[s.pruner.kind](s.pruner, setting),
                                   study_name=setting.study_name, load_if_exists=True, **kwargs)
 
@@ -169,13 +166,8 @@ class TrialLoop:
         if values and s.min_id_ratio is not None:
             constraint = s.min_id_ratio * self.dense - values["id_dev"]  # feasible when <= 0
             t.set_constraint("id_dev_vs_dense", constraint)
-        if values:
-            for name in ("id_dev", "ood_dev"):
-                t.set_user_attr(name, values[name])
-            t.set_user_attr("cost", cost)
-            t.set_user_attr("scalar", scalar)
-        t.set_user_attr("node_key", node.key)
-        t.set_user_attr("rung", rung)
+        for name, value in self.dashboard_attrs(params, node, values, cost, scalar, rung, error).items():
+            t.set_user_attr(name, value)
         # The rows first, then tell: a driver killed in between re-finishes the trial from its (complete) node.
         results.publish(self.root, trial_frame(setting, t.number, state.name.lower(), params, node, values, cost,
                                                scalar, constraint, rung, error))
@@ -190,6 +182,23 @@ class TrialLoop:
             self.study.tell(t.number, state=state, skip_if_finished=True)
         shown = "" if not values else f" id_dev={values['id_dev']:.4f} ood_dev={values['ood_dev']:.4f} cost={cost}"
         self.log(f"trial {t.number} {state.name.lower()} {params}{shown}{' ' + error if error else ''}")
+
+    def dashboard_attrs(self, params: dict, node: Node, values: dict | None, cost: float, scalar: float | None,
+                        rung: float | None, error: str | None) -> dict:
+        """A trial's user attributes (optuna-dashboard shows them per trial): its objectives, its node (the
+        last one it ran: a rung node when pruned or failed there), every node key it ran, where its node's
+        rows are, and its parameters."""
+        setting = self.setting
+        rungs = [r for r in setting.rungs if rung is None or r <= rung]
+        keys = [trial_node(setting, params, r).key for r in rungs] + ([node.key] if rung is None else [])
+        attrs = {"node_key": node.key, "node_keys": keys, "finetune_key": setting.finetune.key,
+                 "rows": clusterlib.join(self.store.root, node.stage, node.key, "rows.parquet"),
+                 "results": self.root, "rung": rung, "params": dict(params)}
+        if values:
+            attrs.update(id_dev=values["id_dev"], ood_dev=values["ood_dev"], cost=cost, scalar=scalar)
+        if error:
+            attrs["error"] = error
+        return attrs
 
     def completed_nodes(self) -> dict[int, str]:
         """Trial number -> node key of every completed trial (this driver's and earlier ones')."""
@@ -207,12 +216,32 @@ def run_study(spec: SweepSpec, runner: NodeRunner, store, root: str, log: Callab
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     setting = build_setting(spec)
+    target = n_trials or setting.search.n_trials
+    where = storage_for(spec, setting.study_name)
+    study = open_study(setting, where)
+    location = storage.journal_location(spec.output_dir, spec.search.storage, setting.study_name)
+    log(f"study storage: {storage.describe(where, location)}")
+    try:
+        result = _drive(setting, study, runner, store, root, log, target)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the driver's own error is the one to report
+            storage.flush(where)
+        raise
+    storage.flush(where)  # attributes written after the last state change (a journal kept in the store)
+    return result
+
+
+def _drive(setting: Setting, study, runner: NodeRunner, store, root: str, log, target: int) -> SearchResult:
     s = setting.search
-    target = n_trials or s.n_trials
-    study = open_study(setting)
     for params in s.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
     log(f"study {setting.study_name}: {len(study.trials)} trial(s) so far, target {target}")
+    if getattr(runner, "ask_tell", False):  # one run; trials join the running scheduler as others end
+        from .asktell import AskTell
+
+        loop = TrialLoop(setting, study, runner, store, root, log, float("nan"))  # dense: once fine-tuned
+        runner.run_study(setting.finetune, AskTell(loop, target, s.parallelism or s.batch_size, log))
+        return SearchResult(study, setting, loop.dense, loop.completed_nodes())
     # The fine-tuning (and its bias model) first: every trial starts from it, and it gives the dense baseline.
     if runner.run_nodes([setting.finetune])[setting.finetune.key]:
         raise SearchError(f"the fine-tuning node {setting.finetune.key} failed; see its error row in the results")
