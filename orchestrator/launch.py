@@ -258,9 +258,6 @@ def load(args: argparse.Namespace) -> tuple[SweepSpec, Plan, ArtifactStore]:
     """The spec, its plan and its store, with everything a launch would refuse checked before Ray starts;
     a mistake raises SpecError (one line)."""
     spec = load_spec(args.spec)
-    if spec.search is not None:  # issue 21 item 3: a launch runs grids; a study has its own driver
-        raise SpecError(f"{args.spec}: field 'search': launch runs the grid only; run the study with "
-                        f"python -m orchestrator.search {args.spec} (docs/search.md)")
     clusterlib.override_output_dir(spec, args.output_dir)
     # what a launch would refuse, before Ray starts: the spec's resources, then every file and backbone it names
     check_launch(spec, args.spec, local_ray=not args.address, inputs=not (args.skip_input_checks or args.status))
