@@ -172,6 +172,58 @@ def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, compl
     return errors, publisher.failures, finished
 
 
+# Tune itself can die of what kills one worker: Ray's memory monitor killing a trial actor while it starts
+# raises RuntimeError out of Tuner.fit (ray.air actor_manager: "Caught unexpected exception"), which ended a
+# 22-node sweep 47 minutes in (2026-12-03). Nodes are content-keyed and resume from their checkpoints, so the
+# launch starts a new Tune run on what is left instead of ending with a traceback.
+TUNE_RESTARTS = 3
+_INFRA_ERRORS = ("OutOfMemoryError", "RayActorError", "ActorDiedError", "WorkerCrashedError", "NodeDiedError",
+                 "ObjectLostError", "RaySystemError", "GetTimeoutError")
+
+
+class TuneStopped(Exception):
+    """The Tune run kept dying of infrastructure errors after TUNE_RESTARTS restarts."""
+
+
+def infra_failure(err: BaseException) -> str | None:
+    """The Ray infrastructure error behind ``err`` (its cause chain), as one line; None for anything else."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if type(err).__name__ in _INFRA_ERRORS and type(err).__module__.startswith("ray"):
+            return f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def run_with_restarts(spec, plan, store, root, complete, verbose=False, restarts: int = TUNE_RESTARTS, runner=None):
+    """``run_plan``, started again (from a fresh listing of the store) when Tune dies of an infrastructure
+    error; errors, publish failures and finished nodes are merged over the runs."""
+    runner = runner or run_plan
+    errors, publish_failures, finished = {}, [], set()
+    for attempt in range(restarts + 1):
+        try:
+            e, p, f = runner(spec, plan, store, root, complete, verbose=verbose)
+        except (SpecError, clusterlib.ClusterError):
+            raise
+        except Exception as err:  # noqa: BLE001 - only Ray infrastructure errors are retried; others re-raise
+            why = infra_failure(err)
+            if why is None:
+                raise
+            if attempt == restarts:
+                raise TuneStopped(f"the Tune run died {restarts + 1} times of infrastructure errors, last: {why}. "
+                                  "Nothing finished is lost: relaunch the same command to continue") from None
+            console.print(f"[yellow]the Tune run died ({why}); restarting it on the nodes left (finished nodes "
+                          f"are kept, interrupted ones resume from their checkpoints)[/]", highlight=False)
+            complete = store.list_complete()
+            continue
+        errors.update(e)
+        publish_failures += p
+        finished |= f
+        return errors, publish_failures, finished
+    raise AssertionError("unreachable")
+
+
 def error_frame(node: Node, message: str) -> pd.DataFrame:
     row = {**node.columns, "node_key": node.key, "stage": node.stage, "status": "failed", "error": message,
            "metric": "error", "value": float("nan"), "eval_dataset": "", "eval_role": "", "step": -1,
@@ -331,10 +383,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with ray_session(args, spec):
             # a node that is not complete runs; one interrupted mid-training resumes from its checkpoint
-            errors, publish_failures, finished = run_plan(spec, plan, store, root, complete, verbose=args.verbose)
+            errors, publish_failures, finished = run_with_restarts(spec, plan, store, root, complete, args.verbose)
     except (SpecError, clusterlib.ClusterError) as err:
         error(err)
         return 2
+    except TuneStopped as err:
+        error(err)
+        return 1
     for failure in publish_failures:
         console.print(f"[yellow]publishing rows failed (retried below):[/] {failure}", highlight=False)
     collect(plan, store, root, errors, complete | finished)  # no second listing of the store
