@@ -184,10 +184,12 @@ def check_store(node: dict) -> None:
             "output_dir) to a filesystem every node mounts at the same path, or to an s3:// or gs:// URI")
 
 
-def result_frame(node: dict, rows: list[dict], started: float, ended: float) -> pd.DataFrame:
-    """The node's metric rows with its descriptive columns, config columns and provenance."""
+def result_frame(node: dict, rows: list[dict], started: float, ended: float, data: dict | None = None) -> pd.DataFrame:
+    """The node's metric rows with its descriptive columns, config columns and provenance. ``data``: the data
+    columns (default: ``data_fingerprint``, ``data_rows`` of the files the rows come from)."""
     frame = pd.DataFrame(rows)
-    data = data_columns(node["stage_config"])  # data_fingerprint, data_rows: the files the rows come from
+    if data is None:
+        data = data_columns(node["stage_config"])
     for column, value in {**node.get("columns", {}), **config_columns(node["stage_config"]), **data}.items():
         if column not in frame:  # a stage may set its own (IMP sets target_sparsity per level)
             frame[column] = value
