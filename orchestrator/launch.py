@@ -491,7 +491,8 @@ class Rehearsal:
     def trainable(self):
         from workers.simulate import simulated_trainable
 
-        return simulated_trainable(self.seconds)
+        return simulated_trainable({k: (self.seconds[k], get_kind(n.stage).declared_outputs(n.stage_config))
+                                    for k, n in self.plan.nodes.items()})
 
     def observe(self, run) -> None:
         self.run = run

@@ -57,46 +57,44 @@ def mark_simulated(root: str, info: dict) -> None:
             f.write(text)
 
 
-def simulated_trainable(seconds: dict[str, float]):
-    """Tune's function trainable for a rehearsal: each node sleeps ``seconds[key]`` (closure: the durations
-    travel with the trainable once, not with every trial's config)."""
+def simulated_trainable(nodes: dict[str, tuple[float, list[str]]]):
+    """Tune's function trainable for a rehearsal: ``nodes[key] = (seconds, declared outputs)`` (computed by the
+    driver, which knows every stage kind; the closure travels with the trainable once, not with every trial's
+    config). Its workers import neither torch nor a stage: a rehearsal's 64 trial processes stay small."""
 
     def trainable(config: dict) -> None:
         from ray import tune
 
         ctx = tune.get_context()
         node = config["node"]
-        run_simulated(node, seconds[node["key"]], owner=f"{ctx.get_experiment_name()}/{ctx.get_trial_id()}")
-        tune.report({"simulated_seconds": seconds[node["key"]]})
+        seconds, outputs = nodes[node["key"]]
+        run_simulated(node, seconds, outputs, owner=f"{ctx.get_experiment_name()}/{ctx.get_trial_id()}")
+        tune.report({SIMULATED_METRIC: seconds})
 
     return trainable
 
 
-def run_simulated(node: dict, seconds: float, owner: str | None = None) -> str:
-    """One node of a rehearsal; returns its local artifact directory. Idempotent once complete."""
-    from srnet_core.stages.registry import load_plugins
+def run_simulated(node: dict, seconds: float, outputs: list[str], owner: str | None = None) -> str:
+    """One node of a rehearsal; returns its local artifact directory. Idempotent once complete. The store check
+    is the real node's (``check_store``); the code-version check is not made (it needs the stage registry, and
+    a rehearsal's workers run this very checkout on this machine)."""
+    from .store import ArtifactStore, LeaseKeeper, check_store
 
-    from .store import ArtifactStore, LeaseKeeper
-    from .trainable import check_store, check_versions
-
-    load_plugins(node.get("plugins", []))  # a plugin's stage kind declares its outputs
-    check_versions(node)
     check_store(node)
     store = ArtifactStore(node["artifact_root"])
     stage, key = node["stage"], node["key"]
     if not store.is_complete(stage, key):
         with LeaseKeeper(store, stage, key, owner) as lease:
             if lease.acquired:
-                _simulate(node, seconds, store, lease.owner)
+                _simulate(node, seconds, outputs, store, lease.owner)
     return store.node_dir(stage, key)
 
 
-def _simulate(node: dict, seconds: float, store, owner: str) -> None:
+def _simulate(node: dict, seconds: float, outputs: list[str], store, owner: str) -> None:
     from srnet_core.io import atomic_path
-    from srnet_core.stages import get_kind
 
-    from .provenance import provenance
-    from .trainable import result_frame
+    from .provenance import host_provenance
+    from .rows import result_frame
 
     stage, key = node["stage"], node["key"]
     out_dir = store.node_dir(stage, key)
@@ -105,24 +103,21 @@ def _simulate(node: dict, seconds: float, store, owner: str) -> None:
                     queued_at=node.get("queued_at"), simulated=True)
     started = time.time()
     time.sleep(max(0.0, seconds))
-    declared = get_kind(stage).declared_outputs(node["stage_config"])
-    for name in declared:
+    for name in outputs:
         with atomic_path(os.path.join(out_dir, name)) as tmp:
             with open(tmp, "wb") as f:
                 f.write(PLACEHOLDER)
     ended = time.time()
     row = {"metric": SIMULATED_METRIC, "value": float(seconds), "step": 0, "eval_dataset": "", "eval_role": "",
            "selected": True}
-    frame = result_frame(node, [row], started, ended, data={})  # no data files are read in a rehearsal
+    # gpu_type "simulated": the trial's (fake) GPUs count in gpus_used and gpu_hours like a real run's
+    prov = {**host_provenance(), "gpu_type": "simulated", "torch_version": ""}
+    frame = result_frame(node, [row], started, ended, data={}, prov=prov)  # a rehearsal reads no data files
     frame["attempt"] = attempt
     frame["simulated"] = True
-    frame["gpu_type"] = "simulated"
-    # the GPUs the trial held (fake ones: Ray only counts them), so gpu_hours add up like a real run's
-    frame["gpus_used"] = float(node.get("resources", {}).get("gpu", 0.0))
-    frame["gpu_hours"] = (ended - started) / 3600 * frame["gpus_used"]
     with atomic_path(os.path.join(out_dir, "rows.parquet")) as tmp:
         frame.to_parquet(tmp, index=False)
-    store.mark_complete(stage, key, {"node": node, "wall_seconds": ended - started, **provenance(),
-                                     "simulated": True, "simulated_seconds": seconds},
-                        required=declared + ["rows.parquet"])
+    store.mark_complete(stage, key, {"node": node, "wall_seconds": ended - started, **prov, "simulated": True,
+                                     "simulated_seconds": seconds},
+                        required=list(outputs) + ["rows.parquet"])
     store.log_event("completed", stage, key, owner=owner, simulated=True)
