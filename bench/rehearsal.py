@@ -87,6 +87,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="bench/results/rehearsal.json")
     args = parser.parse_args(argv)
 
+    code = commit()  # before the run: the tree it ran
     plan = build_plan(load_spec(args.spec))
     rng = random.Random(args.seed)  # the launch's --simulate-noise draw (and bench/scheduler.py's)
     actual = {k: node_seconds(n) * rng.uniform(1 - args.noise, 1 + args.noise) for k, n in plan.nodes.items()}
@@ -139,7 +140,7 @@ def main(argv=None) -> dict:
         "store_bytes": store_bytes, "store_files": store_files,
         "loadavg_before": load_before, "loadavg_after": load_after,
         "pending_mean_s": sum(v["started"] - v["queued"] for v in got["node_times"].values()) / n,
-        "machine": platform.platform(), "cpus": os.cpu_count(), "commit": commit(),
+        "machine": platform.platform(), "cpus": os.cpu_count(), "commit": code,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     result["targets"] = {
