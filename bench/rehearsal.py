@@ -130,11 +130,15 @@ def main(argv=None) -> dict:
     replay_util = replay_busy / (args.gpus * replay_span)
     cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
     n = got["run"]
+    gpu_trials = sum(1 for v in got["node_times"].values() if v["gpu"] > 0)
     result = {
         "spec": args.spec, "nodes": n, "gpus": args.gpus, "time_scale": scale, "noise": args.noise, "seed": args.seed,
         "exit_code": rc, "wall_s": wall, "makespan_s": got["makespan_s"], "utilisation": got["utilisation"],
         "replay_makespan_s": replay_span, "replay_utilisation": replay_util,
         "utilisation_gap_points": 100 * (replay_util - got["utilisation"]),
+        # GPU-seconds each GPU trial lost against the replay: Tune's hand-off, which does not shrink with the time
+        # scale (at full scale the same loss is spread over nodes 1 / time_scale times longer)
+        "lost_per_gpu_trial_s": (got["makespan_s"] - replay_span) * args.gpus / max(1, gpu_trials),
         "driver_cpu_s": cpu, "cpu_s_per_node": cpu / n, "peak_rss_gib": usage1.ru_maxrss / 2**20,
         "tune_state_bytes": state_bytes, "tune_state_files": state_files, "per_trial_logger_files": len(per_trial),
         "store_bytes": store_bytes, "store_files": store_files,
@@ -152,6 +156,7 @@ def main(argv=None) -> dict:
             ("makespan (rehearsal / replay)", f"{got['makespan_s']:.0f} s / {replay_span:.0f} s"),
             ("GPU utilisation (rehearsal / replay)", f"{got['utilisation']:.1%} / {replay_util:.1%} "
                                                      f"({result['utilisation_gap_points']:+.1f} points)"),
+            ("GPU-seconds lost per GPU trial", f"{result['lost_per_gpu_trial_s']:.2f} s"),
             ("mean pending (hand-out to start)", f"{result['pending_mean_s']:.2f} s"),
             ("driver CPU", f"{cpu:.0f} s = {cpu / n:.3f} s per node"),
             ("driver peak RSS", f"{result['peak_rss_gib']:.2f} GiB"),

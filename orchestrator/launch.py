@@ -142,7 +142,7 @@ def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, compl
     from .plan import node_seconds
     from .progress import LiveProgress
     from .scheduler import DagScheduler
-    from .tune_run import TuneRun, env_vars, tune_env, tune_logs_to_events
+    from .tune_run import TuneRun, env_vars, no_metrics_files_warning, tune_env, tune_logs_to_events
 
     todo = [n for n in plan.nodes.values() if (n.stage, n.key) not in complete]
     if not todo and on_scheduler is None:
@@ -174,7 +174,8 @@ def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, compl
     }
     quiet = contextlib.nullcontext() if verbose else tune_logs_to_events(store)
     try:
-        with env_vars(**env), quiet, LiveProgress(plan, scheduler, gpus, console, every=every):
+        with env_vars(**env), no_metrics_files_warning(), quiet, LiveProgress(plan, scheduler, gpus, console,
+                                                                               every=every):
             run.tuner(verbose).fit()
     finally:
         run.close()

@@ -6,6 +6,7 @@ inputs complete (``orchestrator.launch.run_plan`` drives it).
   (``orchestrator.admission``) and each node's ``started_at`` is stamped when its trial starts (Tune's
   ``on_trial_start``), not when it is handed out (``queued_at``).
 * ``tune_env()``: what every launch turns off in Tune (per-trial loggers, frequent experiment-state rewrites).
+* ``no_metrics_files_warning()``: Tune's end-of-run warning about the logger files it did not write, dropped.
 * ``env_vars(**changes)``: environment variables set for a block and restored on exit.
 * ``tune_logs_to_events(store)``: Tune's log records (the "Trial task failed" tracebacks among them) go to
   the artifact store's events log instead of the console, so a failed node reads as one line there.
@@ -43,6 +44,26 @@ def tune_env() -> dict[str, str]:
     """
     return {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
             "TUNE_GLOBAL_CHECKPOINT_S": os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", EXPERIMENT_STATE_EVERY_S)}
+
+
+class _NoMetricsFiles(logging.Filter):
+    """Drops Tune's end-of-run "Failed to fetch metrics for N trial(s)" warning: with the per-trial loggers
+    off (``tune_env``) there is no result.json or progress.csv to build its ResultGrid from, on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to fetch metrics for")
+
+
+@contextlib.contextmanager
+def no_metrics_files_warning():
+    """For the block, Tune does not warn that the per-trial metrics files it was told not to write are missing."""
+    logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    quiet = _NoMetricsFiles()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 @contextlib.contextmanager
