@@ -130,7 +130,9 @@ def main(argv=None) -> dict:
     replay_util = replay_busy / (args.gpus * replay_span)
     cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
     n = got["run"]
-    gpu_trials = sum(1 for v in got["node_times"].values() if v["gpu"] > 0)
+    gpu_nodes = [v for v in got["node_times"].values() if v["gpu"] > 0]
+    gpu_trials = len(gpu_nodes)
+    capacity = args.gpus * got["makespan_s"]
     result = {
         "spec": args.spec, "nodes": n, "gpus": args.gpus, "time_scale": scale, "noise": args.noise, "seed": args.seed,
         "exit_code": rc, "wall_s": wall, "makespan_s": got["makespan_s"], "utilisation": got["utilisation"],
@@ -144,6 +146,10 @@ def main(argv=None) -> dict:
         "store_bytes": store_bytes, "store_files": store_files,
         "loadavg_before": load_before, "loadavg_after": load_after,
         "pending_mean_s": sum(v["started"] - v["queued"] for v in got["node_times"].values()) / n,
+        # where the GPU time went: handed out (hand-out to end), held by a started trial (start to end), slept
+        "claimed": sum((v["ended"] - v["queued"]) * v["gpu"] for v in gpu_nodes) / capacity,
+        "held": sum((v["ended"] - v["started"]) * v["gpu"] for v in gpu_nodes) / capacity,
+        "in_trial_overhead_mean_s": sum(v["ended"] - v["started"] - v["seconds"] for v in gpu_nodes) / gpu_trials,
         "machine": platform.platform(), "cpus": os.cpu_count(), "commit": code,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
@@ -158,6 +164,8 @@ def main(argv=None) -> dict:
                                                      f"({result['utilisation_gap_points']:+.1f} points)"),
             ("GPU-seconds lost per GPU trial", f"{result['lost_per_gpu_trial_s']:.2f} s"),
             ("mean pending (hand-out to start)", f"{result['pending_mean_s']:.2f} s"),
+            ("GPU time handed out / held / slept", f"{result['claimed']:.1%} / {result['held']:.1%} / "
+                                                   f"{got['utilisation']:.1%}"),
             ("driver CPU", f"{cpu:.0f} s = {cpu / n:.3f} s per node"),
             ("driver peak RSS", f"{result['peak_rss_gib']:.2f} GiB"),
             ("Tune experiment state", f"{state_bytes / 2**20:.1f} MiB in {state_files} files "
