@@ -92,7 +92,7 @@ def real(plan: Plan, est: dict, actual: dict, gpus: int, policy: str, workdir: s
     import ray
 
     from orchestrator.launch import concurrent_width
-    from orchestrator.tune_run import TuneRun, env_vars
+    from orchestrator.tune_run import TuneRun, env_vars, no_metrics_files_warning, tune_env
     from workers.store import ArtifactStore
 
     spec = SimpleNamespace(name=f"order-{policy}", output_dir=workdir,
@@ -109,7 +109,8 @@ def real(plan: Plan, est: dict, actual: dict, gpus: int, policy: str, workdir: s
     width = concurrent_width(spec, plan, list(plan.nodes.values()))
     began = time.time()
     try:
-        with env_vars(RAY_AIR_NEW_OUTPUT="0", TUNE_MAX_PENDING_TRIALS_PG=str(min(200, width))):
+        with env_vars(**tune_env(), RAY_AIR_NEW_OUTPUT="0", TUNE_MAX_PENDING_TRIALS_PG=str(min(200, width))), \
+                no_metrics_files_warning():
             run.tuner().fit()
     finally:
         run.close()

@@ -1,15 +1,23 @@
 """Run a sweep: ``python -m orchestrator.launch sweeps/smoke.yaml [--address ray://...] [--dry-run] [--status]``.
+Rehearse one: ``... --simulate [--simulate-gpus 64] [--time-scale 0.001]`` (placeholders, not results; below).
 
 spec -> plan (stage DAG, content keys) -> skip complete nodes -> ONE Ray Tune run whose Searcher hands out nodes
 as their inputs complete (orchestrator.scheduler) -> Parquet rows published per node -> summary table, figure
 and report. A live progress view replaces Tune's reporter, and Tune's log (failed trials' tracebacks) goes to
 the store's events log (``--verbose`` brings both back to the console). Exits 1 if any node failed (after a
 table of failed and skipped nodes and each root cause once), 2 on a spec mistake.
+
+``--simulate`` rehearses the sweep: the real plan through the real launch path (scheduler, admission, one Tune
+run, leases, artifact store, row publisher, progress view) on a local Ray given ``--simulate-gpus`` fake GPUs,
+each node's stage replaced by a sleep of its planned duration (orchestrator/plan/estimates.py) times
+``--time-scale`` that writes its declared outputs as placeholder files (workers/simulate.py). Everything goes
+to ``<output_dir>-simulated`` (or ``--output-dir``), marked as a rehearsal; rows say ``simulated = True``.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
 import time
@@ -122,7 +130,8 @@ class RowPublisher:
 
 
 def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, complete: set[tuple[str, str]],
-             verbose: bool = False, on_scheduler=None) -> tuple[dict[str, str], list[str], set[tuple[str, str]]]:
+             verbose: bool = False, on_scheduler=None, trainable_fn=None,
+             observe=None) -> tuple[dict[str, str], list[str], set[tuple[str, str]]]:
     """Run every incomplete node of the plan in ONE Tune run, dependency-driven (orchestrator.scheduler).
     Returns ({node_key: error} for failed and skipped nodes, row-publishing failures, (stage, key) of the
     nodes completed by this run). Unless ``verbose``, Tune's own output is off and its log records (failed
@@ -130,11 +139,13 @@ def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, compl
 
     ``on_scheduler(scheduler)``: for producers of more nodes (e.g. a search): called before Tune starts with
     the run's ``DagScheduler``, opened (``keep_open``) so the run waits for nodes it adds until it calls
-    ``scheduler.close()``."""
+    ``scheduler.close()``. ``trainable_fn``: what each trial runs (default: the stage; a rehearsal passes
+    ``workers.simulate.simulated_trainable``). ``observe(run)``: called with the ``TuneRun`` before Tune starts,
+    e.g. to read every node's times from ``run.scheduler`` afterwards."""
     from .plan import node_seconds
     from .progress import LiveProgress
     from .scheduler import DagScheduler
-    from .tune_run import TuneRun, env_vars, tune_logs_to_events
+    from .tune_run import TuneRun, env_vars, no_metrics_files_warning, tune_env, tune_logs_to_events
 
     todo = [n for n in plan.nodes.values() if (n.stage, n.key) not in complete]
     if not todo and on_scheduler is None:
@@ -147,10 +158,13 @@ def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, compl
     scheduler.add_nodes(plan.nodes.values(), complete={key for _, key in complete})
     if on_scheduler is not None:
         on_scheduler(scheduler)
-    run = TuneRun(spec, store, scheduler, publisher, resources, cluster)
+    run = TuneRun(spec, store, scheduler, publisher, resources, cluster, trainable_fn=trainable_fn)
+    if observe is not None:
+        observe(run)
     gpus = {n.key: resources[n.stage]["gpu"] for n in plan.nodes.values() if n.stage in resources}
     every = float(os.environ.get("SRNET_PROGRESS_EVERY", "30"))
     env = {
+        **tune_env(),  # no per-trial loggers, rare experiment-state rewrites (orchestrator/tune_run.py)
         # Tune's new console output prints its experiment header even at verbose=0; the legacy one is silent
         "RAY_AIR_NEW_OUTPUT": None if verbose else "0",
         # With a custom Searcher Tune keeps ONE pending trial unless told otherwise: ready nodes would then
@@ -163,7 +177,8 @@ def run_plan(spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str, compl
     }
     quiet = contextlib.nullcontext() if verbose else tune_logs_to_events(store)
     try:
-        with env_vars(**env), quiet, LiveProgress(plan, scheduler, gpus, console, every=every):
+        with env_vars(**env), no_metrics_files_warning(), quiet, LiveProgress(plan, scheduler, gpus, console,
+                                                                               every=every):
             run.tuner(verbose).fit()
     finally:
         run.close()
@@ -303,16 +318,113 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--calibration", help="the cost model's calibration for the estimates, the scheduler's "
                         "ordering and the ETA: a file in bench/calibration/ or a path (default: the spec's "
                         "cost_calibration, else $SRNET_CALIBRATION, else the H200 file)")
+    sim = parser.add_argument_group("rehearsal", "rehearse the sweep on this machine before renting the cluster")
+    sim.add_argument("--simulate", action="store_true",
+                     help="run the plan through the real launch path on a local Ray with fake GPUs, each node a "
+                          "sleep of its planned duration x --time-scale writing placeholder outputs; output to "
+                          "<output_dir>-simulated (or --output-dir), rows marked simulated")
+    sim.add_argument("--simulate-gpus", metavar="N", help="fake GPUs of the local Ray (default 8)")
+    sim.add_argument("--simulate-cpus", metavar="N", help="its CPUs (default 8 per fake GPU; Ray only counts them)")
+    sim.add_argument("--time-scale", metavar="F", help="simulated seconds per planned second (default 0.001: a "
+                                                      "planned GPU-hour sleeps 3.6 s)")
+    sim.add_argument("--simulate-noise", metavar="F", help="each duration times U(1-F, 1+F), like bench/scheduler.py "
+                                                          "(default 0: the planned durations)")
+    sim.add_argument("--seed", metavar="N", help="the noise's seed (default 0)")
     return parser.parse_args(argv)
+
+
+SIM_DEFAULTS = {"simulate_gpus": "8", "time_scale": "0.001", "simulate_noise": "0", "seed": "0"}
+
+
+def simulate_options(args: argparse.Namespace) -> dict | None:
+    """The rehearsal's settings from the flags (None without --simulate); a bad flag raises SpecError."""
+    given = [name for name in ("simulate_gpus", "simulate_cpus", "time_scale", "simulate_noise", "seed")
+             if getattr(args, name) is not None]
+    if not args.simulate:
+        if given:
+            raise SpecError(f"--{given[0].replace('_', '-')} needs --simulate")
+        return None
+    if args.address:
+        raise SpecError("--simulate runs on a local Ray with fake GPUs; drop --address")
+
+    def number(name: str, kind, check, what: str):
+        text = getattr(args, name)
+        text = SIM_DEFAULTS.get(name) if text is None else text
+        flag = "--" + name.replace("_", "-")
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise SpecError(f"{flag} {text}: not a number; give {what}") from None
+        if not check(value):
+            raise SpecError(f"{flag} {text}: give {what}")
+        return value
+
+    gpus = number("simulate_gpus", int, lambda v: 1 <= v <= 4096, "a whole number of GPUs from 1 to 4096")
+    cpus = (number("simulate_cpus", int, lambda v: 1 <= v <= 65536, "a whole number of CPUs from 1 to 65536")
+            if args.simulate_cpus is not None else 8 * gpus)
+    scale = number("time_scale", float, lambda v: 0 < v <= 1, "a factor in (0, 1], e.g. 0.001")
+    noise = number("simulate_noise", float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+    seed = number("seed", int, lambda v: True, "a whole number")
+    return {"gpus": gpus, "cpus": cpus, "time_scale": scale, "noise": noise, "seed": seed}
+
+
+def simulated_output_dir(spec: SweepSpec, output_dir: str | None) -> str:
+    """Where a rehearsal writes: ``--output-dir``, else ``<output_dir>-simulated`` (a local
+    ``results/<name>-simulated`` when the spec's output_dir is a URI: a rehearsal runs on this machine)."""
+    if output_dir:
+        return clusterlib.resolve_path(output_dir)
+    if "://" in spec.output_dir:
+        return os.path.abspath(os.path.join("results", f"{spec.name}-simulated"))
+    return spec.output_dir.rstrip("/" + os.sep) + "-simulated"
+
+
+def check_simulated_target(spec: SweepSpec, real_output: str, real_store: str, source: str) -> None:
+    """A rehearsal writes placeholders: refuse the spec's own output directory and artifact store, and any
+    results or store that hold something and are not a rehearsal's."""
+    import pyarrow.fs as pafs
+
+    from workers.simulate import is_simulated
+
+    def same(a: str, b: str) -> bool:
+        norm = (lambda p: p.rstrip("/") if "://" in p else os.path.abspath(p))
+        return norm(a) == norm(b)
+
+    if same(spec.output_dir, real_output) or same(spec.artifact_root(), real_store):
+        raise SpecError(f"{source}: --simulate would write placeholder files into the sweep's real output "
+                        f"'{real_output}'; give --output-dir another directory (default: <output_dir>-simulated)")
+    for root in (spec.artifact_root(), results.results_dir(spec.output_dir)):
+        fs, base = clusterlib.filesystem(root)
+        try:
+            entries = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        except (OSError, ValueError):
+            continue  # not there (or not listable): nothing to mix with
+        if entries and not is_simulated(root):
+            raise SpecError(f"{source}: --simulate: '{root}' holds a real sweep's files; give --output-dir an "
+                            "empty directory or an earlier rehearsal's")
 
 
 def load(args: argparse.Namespace) -> tuple[SweepSpec, Plan, ArtifactStore]:
     """The spec, its plan and its store, with everything a launch would refuse checked before Ray starts;
     a mistake raises SpecError (one line)."""
+    sim = simulate_options(args)
     spec = load_spec(args.spec)
-    clusterlib.override_output_dir(spec, args.output_dir)
+    if sim is not None:  # placeholders never go to the real output: their own directory and store
+        real_output, real_store = spec.output_dir, spec.artifact_root()
+        spec.output_dir, spec.artifact_store = simulated_output_dir(spec, args.output_dir), None
+        check_simulated_target(spec, real_output, real_store, args.spec)
+    else:
+        clusterlib.override_output_dir(spec, args.output_dir)
     # what a launch would refuse, before Ray starts: the spec's resources, then every file and backbone it names
-    check_launch(spec, args.spec, local_ray=not args.address, inputs=not (args.skip_input_checks or args.status))
+    # (a rehearsal reads no data or model, and its Ray is the fake cluster, checked when it starts)
+    check_launch(spec, args.spec, local_ray=not (args.address or sim),
+                 inputs=not (args.skip_input_checks or args.status or sim))
+    if sim is None and not (args.status or args.dry_run):
+        from workers.simulate import is_simulated
+
+        for root in (spec.artifact_root(), results.results_dir(spec.output_dir)):
+            if is_simulated(root):
+                raise SpecError(f"{args.spec}: '{root}' is a rehearsal's (launch --simulate: placeholder files and "
+                                "simulated rows); a real launch needs another output_dir / artifact_store")
     plan = build_plan(spec)
     try:  # before anything runs: the scheduler's ordering and the ETA read it
         use_calibration(args.calibration or spec.cost_calibration)
@@ -337,7 +449,11 @@ def ray_session(args: argparse.Namespace, spec: SweepSpec):
     import ray
 
     started = not ray.is_initialized()
-    if started and args.address:
+    sim = simulate_options(args)
+    if started and sim is not None:  # the fake cluster: Ray only counts these GPUs and CPUs
+        ray.init(num_cpus=sim["cpus"], num_gpus=sim["gpus"], include_dashboard=False, logging_level="WARNING",
+                 log_to_driver=args.verbose, job_config=clusterlib.job_config(spec.name))
+    elif started and args.address:
         ray.init(address=args.address, log_to_driver=args.verbose, job_config=clusterlib.job_config(spec.name),
                  runtime_env=None if args.no_ship_code else clusterlib.runtime_env())
     elif started:  # no dashboard (were one enabled, it would listen on the loopback interface only)
@@ -380,10 +496,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.time()
     save_spec_copy(args.spec, spec)
+    sim = simulate_options(args)
+    rehearsal = Rehearsal(args.spec, spec, plan, sim) if sim is not None else None
     try:
         with ray_session(args, spec):
             # a node that is not complete runs; one interrupted mid-training resumes from its checkpoint
-            errors, publish_failures, finished = run_with_restarts(spec, plan, store, root, complete, args.verbose)
+            runner = None
+            if rehearsal is not None:
+                rehearsal.mark(store.root, root)
+                runner = functools.partial(run_plan, trainable_fn=rehearsal.trainable(), observe=rehearsal.observe)
+            errors, publish_failures, finished = run_with_restarts(spec, plan, store, root, complete, args.verbose,
+                                                                   runner=runner)
     except (SpecError, clusterlib.ClusterError) as err:
         error(err)
         return 2
@@ -393,10 +516,87 @@ def main(argv: list[str] | None = None) -> int:
     for failure in publish_failures:
         console.print(f"[yellow]publishing rows failed (retried below):[/] {failure}", highlight=False)
     collect(plan, store, root, errors, complete | finished)  # no second listing of the store
-    report_outputs(args, spec, root, started)
+    if rehearsal is None:
+        report_outputs(args, spec, root, started)
+    else:  # no accuracy to tabulate, plot or report: the rehearsal's own summary instead
+        rehearsal.finish(clusterlib.local_output_dir(spec.output_dir, spec.name), root, started)
     if errors:
         failures.print_failures(console, plan, errors)
     return 1 if errors else 0
+
+
+class Rehearsal:
+    """A ``--simulate`` launch: every node's sleep (planned seconds x time scale x the noise draw), the run's
+    markers, and afterwards its summary (``rehearsal.json``: each node's hand-out, start and end, the makespan
+    and the GPU utilisation achieved = GPU sleep-seconds / (fake GPUs x makespan))."""
+
+    def __init__(self, source: str, spec: SweepSpec, plan: Plan, sim: dict):
+        import random
+
+        from .plan import node_seconds
+
+        self.source, self.spec, self.plan, self.sim = source, spec, plan, sim
+        rng = random.Random(sim["seed"])  # bench/scheduler.py's draw: one uniform per node, in plan order
+        noise = sim["noise"]
+        self.seconds = {k: node_seconds(n) * sim["time_scale"] * (rng.uniform(1 - noise, 1 + noise) if noise else 1.0)
+                        for k, n in plan.nodes.items()}
+        self.run = None
+
+    def info(self) -> dict:
+        return {"spec": os.path.abspath(self.source), "sweep": self.spec.name, "nodes": len(self.plan.nodes),
+                **{k: self.sim[k] for k in ("gpus", "cpus", "time_scale", "noise", "seed")}}
+
+    def mark(self, store_root: str, results_root: str) -> None:
+        from workers.simulate import mark_simulated
+
+        for root in (store_root, results_root):
+            mark_simulated(root, self.info())
+
+    def trainable(self):
+        from workers.simulate import simulated_trainable
+
+        return simulated_trainable({k: (self.seconds[k], get_kind(n.stage).declared_outputs(n.stage_config))
+                                    for k, n in self.plan.nodes.items()})
+
+    def observe(self, run) -> None:
+        self.run = run
+
+    def summary(self) -> dict:
+        """Every node run by this launch: its times (seconds from the first hand-out), sleep and GPUs; the
+        makespan and the GPU utilisation achieved."""
+        if self.run is None:  # nothing left to run (a finished rehearsal relaunched)
+            return {**self.info(), "run": 0, "makespan_s": 0.0, "gpu_seconds": 0.0, "utilisation": None,
+                    "node_times": {}}
+        s, resources = self.run.scheduler, self.run.resources
+        ran = [k for k in self.plan.nodes if k in s.ended_at and k in s.started_at and k in s.queued_at]
+        t0 = min((s.queued_at[k] for k in ran), default=0.0)
+        span = max((s.ended_at[k] for k in ran), default=t0) - t0
+        gpu = {k: float(resources.get(self.plan.nodes[k].stage, {}).get("gpu", 0.0)) for k in ran}
+        work = sum(self.seconds[k] * gpu[k] for k in ran)
+        return {**self.info(), "run": len(ran), "makespan_s": span, "gpu_seconds": work,
+                "utilisation": work / (self.sim["gpus"] * span) if span > 0 else None,
+                "node_times": {k: {"stage": self.plan.nodes[k].stage, "seconds": self.seconds[k], "gpu": gpu[k],
+                                   "queued": s.queued_at[k] - t0, "started": s.started_at[k] - t0,
+                                   "ended": s.ended_at[k] - t0} for k in ran}}
+
+    def finish(self, out_dir: str, results_root: str, started: float) -> dict:
+        """Write ``<out_dir>/rehearsal.json`` (atomically) and print the rehearsal's line."""
+        import json
+
+        from srnet_core.io import atomic_path
+
+        summary = self.summary()
+        path = os.path.join(out_dir, "rehearsal.json")
+        with atomic_path(path) as tmp:
+            with open(tmp, "w") as f:
+                json.dump(summary, f, indent=1)
+        util = "n/a" if summary["utilisation"] is None else f"{summary['utilisation']:.1%}"
+        console.print(f"rehearsal (simulated, not results): {summary['run']} nodes on {self.sim['gpus']} fake GPUs "
+                      f"in {summary['makespan_s']:.0f} s (time scale {self.sim['time_scale']:g}); GPU utilisation "
+                      f"{util}; placeholders and rows marked simulated under {self.spec.output_dir}; times: {path}",
+                      highlight=False, soft_wrap=True)
+        console.print(f"results: {results_root}  ({time.time() - started:.0f} s)", highlight=False)
+        return summary
 
 
 def report_outputs(args: argparse.Namespace, spec: SweepSpec, root: str, started: float) -> None:

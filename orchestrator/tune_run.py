@@ -5,6 +5,8 @@ inputs complete (``orchestrator.launch.run_plan`` drives it).
   one-line error, and the ``tune.Tuner`` built from them. Its searcher hands out only what can start now
   (``orchestrator.admission``) and each node's ``started_at`` is stamped when its trial starts (Tune's
   ``on_trial_start``), not when it is handed out (``queued_at``).
+* ``tune_env()``: what every launch turns off in Tune (per-trial loggers, frequent experiment-state rewrites).
+* ``no_metrics_files_warning()``: Tune's end-of-run warning about the logger files it did not write, dropped.
 * ``env_vars(**changes)``: environment variables set for a block and restored on exit.
 * ``tune_logs_to_events(store)``: Tune's log records (the "Trial task failed" tracebacks among them) go to
   the artifact store's events log instead of the console, so a failed node reads as one line there.
@@ -23,6 +25,45 @@ from . import cluster as clusterlib
 
 # Loggers whose records a quiet launch sends to the events log (Tune and the Train/AIR layers under it)
 TUNE_LOGGERS = ("ray.tune", "ray.train", "ray.air")
+
+
+# Tune's experiment state (every trial's config and last result, rewritten whole) is disposable here: completion
+# lives in the artifact store, and a relaunch never restores a Tune run. Rewritten at most this often (seconds;
+# Tune's default "auto" rewrites it every 10 s or more, costing O(trials) each time), and at the end.
+EXPERIMENT_STATE_EVERY_S = "900"
+
+
+def tune_env() -> dict[str, str]:
+    """Environment a launch's Tune run needs for what it does not use to be off:
+
+    * ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1``: no CSV, JSON or TensorBoard logger per trial (progress.csv,
+      result.json, params.json/.pkl, events.out.tfevents: nothing reads them; rows go to the results dataset).
+      The TensorBoard one also warned "NaN or Inf found in input tensor" for a NaN metric of a trial.
+    * ``TUNE_GLOBAL_CHECKPOINT_S``: the experiment state rewritten every ``EXPERIMENT_STATE_EVERY_S`` seconds
+      instead of Tune's adaptive 10 s+ (the caller's value, if set, wins).
+    """
+    return {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+            "TUNE_GLOBAL_CHECKPOINT_S": os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", EXPERIMENT_STATE_EVERY_S)}
+
+
+class _NoMetricsFiles(logging.Filter):
+    """Drops Tune's end-of-run "Failed to fetch metrics for N trial(s)" warning: with the per-trial loggers
+    off (``tune_env``) there is no result.json or progress.csv to build its ResultGrid from, on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to fetch metrics for")
+
+
+@contextlib.contextmanager
+def no_metrics_files_warning():
+    """For the block, Tune does not warn that the per-trial metrics files it was told not to write are missing."""
+    logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    quiet = _NoMetricsFiles()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 @contextlib.contextmanager

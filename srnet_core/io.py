@@ -1,4 +1,7 @@
-"""Safe, atomic artifact I/O: tensors in safetensors, everything else JSON; nothing is unpickled."""
+"""Safe, atomic artifact I/O: tensors in safetensors, everything else JSON; nothing is unpickled.
+
+torch is imported only by the tensor functions: the store and the row writer use this module in processes that
+never load a model (a rehearsal's trial workers, workers/simulate.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -6,8 +9,6 @@ import json
 import os
 import tempfile
 from typing import Iterator
-
-import torch
 
 
 @contextlib.contextmanager
@@ -42,6 +43,8 @@ def read_json(path: str):
 
 def _flatten(obj, prefix: str, tensors: dict, skeleton):
     """Split a nested state (dicts/lists of tensors and scalars) into tensors + a JSON skeleton."""
+    import torch
+
     if isinstance(obj, torch.Tensor):
         key = prefix or "_"
         tensors[key] = obj.detach().cpu().contiguous()

@@ -7,8 +7,6 @@ import os
 import socket
 import subprocess
 
-import torch
-
 # The code that runs a node: what the driver and every worker must agree on (orchestrator is driver-only).
 _NODE_PACKAGES = ("srnet_core", "workers")
 
@@ -68,7 +66,14 @@ def ray_node() -> dict:
     return {"ray_node_id": "", "node_ip": ""}
 
 
+def host_provenance() -> dict:
+    """Where and with what code this runs, without importing torch (a rehearsal's workers)."""
+    return {"code_version": code_version(), "hostname": socket.gethostname(), **ray_node()}
+
+
 def provenance() -> dict:
+    import torch
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
     return {"code_version": code_version(), "hostname": socket.gethostname(), "gpu_type": gpu,
             "torch_version": torch.__version__, **ray_node()}

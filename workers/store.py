@@ -600,3 +600,28 @@ class LeaseKeeper:
             self._thread.join(timeout=5)
         if self.lease is not None:
             self.store.release_lease(self.stage, self.key, self.lease)
+
+
+def check_store(node: dict) -> None:
+    """Refuse a node when this worker does not see the driver's artifact store: ``<root>/_store.json`` (written
+    by the driver, orchestrator/cluster.py) must hold the id in ``node["store_id"]``. Catches a node-local
+    directory on a node that joined after the launch-time probe (autoscaling)."""
+    expected = node.get("store_id")
+    if not expected:
+        return
+    import pyarrow.fs as pafs
+
+    root = node["artifact_root"]
+    fs, base = pafs.FileSystem.from_uri(root) if "://" in root else (pafs.LocalFileSystem(), root)
+    try:
+        with fs.open_input_stream(base.rstrip("/") + "/_store.json") as f:
+            seen = json.loads(f.read()).get("id")
+    except FileNotFoundError:
+        seen = None
+    if seen != expected:
+        import socket
+
+        raise RuntimeError(
+            f"node {node['key']} refused on {socket.gethostname()}: the artifact store '{root}' is not shared with "
+            f"this node ({'no' if seen is None else 'another'} store identity file there); set artifact_store (or "
+            "output_dir) to a filesystem every node mounts at the same path, or to an s3:// or gs:// URI")

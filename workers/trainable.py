@@ -8,22 +8,20 @@ Tune's own experiment state is disposable. On success it writes ``rows.parquet``
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
 
-import pandas as pd
 from ray import tune
 
 from srnet_core.checkpoint import AsyncCheckpointWriter, load_checkpoint
 from srnet_core.io import atomic_path
 from srnet_core.stages import run_stage
-from srnet_core.tasks.fingerprints import data_columns
 from srnet_core.train import EvalRecord
 
 from .provenance import provenance
-from .store import ArtifactStore, CorruptArtifactError, LeaseKeeper
+from .rows import config_columns, result_frame  # noqa: F401 - config_columns: re-exported
+from .store import ArtifactStore, CorruptArtifactError, LeaseKeeper, check_store
 
 STATE_FILE = "train_state.safetensors"
 
@@ -35,20 +33,6 @@ def flat_metrics(record: EvalRecord) -> dict:
     for split, metrics in record.metrics.items():
         for name, value in metrics.items():
             out[f"{split}/{name}"] = value
-    return out
-
-
-def config_columns(stage_config: dict, prefix: str = "cfg.") -> dict:
-    """Every stage-config field as a scalar column: ``cfg.train.lr``, ``cfg.mask.init``, ... (dicts flattened,
-    other non-scalars JSON-encoded) so results can be filtered by any setting."""
-    out = {}
-    for key, value in stage_config.items():
-        if isinstance(value, dict) and value and key != "task_options":
-            out.update(config_columns(value, f"{prefix}{key}."))
-        elif value is None or isinstance(value, (bool, int, float, str)):
-            out[f"{prefix}{key}"] = value
-        else:
-            out[f"{prefix}{key}"] = json.dumps(value, sort_keys=True)
     return out
 
 
@@ -157,57 +141,6 @@ def check_versions(node: dict) -> None:
             f"{mine['stage_version']} with code {mine['code']}, the driver planned it with stage version "
             f"{expected.get('stage_version')} and code {expected.get('code')}; launch ships its code unless "
             "--no-ship-code is given, so run every node from the same image or drop --no-ship-code")
-
-
-def check_store(node: dict) -> None:
-    """Refuse a node when this worker does not see the driver's artifact store: ``<root>/_store.json`` (written
-    by the driver, orchestrator/cluster.py) must hold the id in ``node["store_id"]``. Catches a node-local
-    directory on a node that joined after the launch-time probe (autoscaling)."""
-    expected = node.get("store_id")
-    if not expected:
-        return
-    import pyarrow.fs as pafs
-
-    root = node["artifact_root"]
-    fs, base = pafs.FileSystem.from_uri(root) if "://" in root else (pafs.LocalFileSystem(), root)
-    try:
-        with fs.open_input_stream(base.rstrip("/") + "/_store.json") as f:
-            seen = json.loads(f.read()).get("id")
-    except FileNotFoundError:
-        seen = None
-    if seen != expected:
-        import socket
-
-        raise RuntimeError(
-            f"node {node['key']} refused on {socket.gethostname()}: the artifact store '{root}' is not shared with "
-            f"this node ({'no' if seen is None else 'another'} store identity file there); set artifact_store (or "
-            "output_dir) to a filesystem every node mounts at the same path, or to an s3:// or gs:// URI")
-
-
-def result_frame(node: dict, rows: list[dict], started: float, ended: float) -> pd.DataFrame:
-    """The node's metric rows with its descriptive columns, config columns and provenance."""
-    frame = pd.DataFrame(rows)
-    data = data_columns(node["stage_config"])  # data_fingerprint, data_rows: the files the rows come from
-    for column, value in {**node.get("columns", {}), **config_columns(node["stage_config"]), **data}.items():
-        if column not in frame:  # a stage may set its own (IMP sets target_sparsity per level)
-            frame[column] = value
-    prov = provenance()
-    gpus = float(node.get("resources", {}).get("gpu", 0.0)) if prov["gpu_type"] else 0.0
-    frame["node_key"] = node["key"]
-    frame["stage"] = node["stage"]
-    frame["status"] = "completed"
-    frame["wall_seconds"] = ended - started
-    # handed to Tune (the driver's clock; absent outside a launch); the time until started_at was spent pending,
-    # not on the node's resources, and counts in neither wall_seconds nor gpu_hours
-    queued = node.get("queued_at")
-    frame["queued_at"] = pd.Timestamp(queued, unit="s") if queued is not None else pd.NaT
-    frame["started_at"] = pd.Timestamp(started, unit="s")
-    frame["ended_at"] = pd.Timestamp(ended, unit="s")
-    for name, value in prov.items():
-        frame[name] = value
-    frame["gpus_used"] = gpus
-    frame["gpu_hours"] = (ended - started) / 3600 * gpus
-    return frame
 
 
 def retryable(err: BaseException) -> bool:
