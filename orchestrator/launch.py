@@ -338,9 +338,10 @@ SIM_DEFAULTS = {"simulate_gpus": "8", "time_scale": "0.001", "simulate_noise": "
 
 def simulate_options(args: argparse.Namespace) -> dict | None:
     """The rehearsal's settings from the flags (None without --simulate); a bad flag raises SpecError."""
+    # getattr: callers that build their own Namespace (the search CLI, tests) have no rehearsal flags
     given = [name for name in ("simulate_gpus", "simulate_cpus", "time_scale", "simulate_noise", "seed")
-             if getattr(args, name) is not None]
-    if not args.simulate:
+             if getattr(args, name, None) is not None]
+    if not getattr(args, "simulate", False):
         if given:
             raise SpecError(f"--{given[0].replace('_', '-')} needs --simulate")
         return None
