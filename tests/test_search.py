@@ -796,3 +796,28 @@ def test_ask_tell_study_through_one_ray_tune_run(tmp_path, ray_env, monkeypatch)
     expected = [setting.finetune.key] + [search.trial_node(setting, {"start_step": s}).key for s in starts]
     assert len(runner.ran) == 4 and sorted(runner.ran) == sorted(expected)
     assert result.trial_nodes == dict(enumerate(expected[1:]))
+
+
+def test_timing_search_mnli_is_one_study_per_seed_and_the_predictor_settings_do_not_rename_it(data_dir):
+    """The real-data timing spec: 200 fine-tuning steps, saved at 20, 40, ..., 180, so its candidates are those
+    and the end; `--seed` gives each seed its own fine-tuning and study; calibrating Early-Bird's threshold
+    afterwards keeps the study (the predictors only read the fine-tuning's outputs)."""
+    from orchestrator.search.cli import parse_args
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(os.path.join(REPO, "sweeps", "timing_search_mnli.yaml"))
+    spec.data_dir = data_dir
+    names, fts = set(), set()
+    for seed in (0, 1, 2):
+        spec.search.seed = seed
+        setting = search.build_setting(spec)
+        assert setting.candidates == list(range(20, 201, 20)) and setting.mask_steps == 100
+        names.add(setting.study_name)
+        fts.add(setting.finetune.key)
+    assert len(names) == 3 and len(fts) == 3
+    before = setting.study_name
+    spec.search.early_bird_threshold, spec.search.early_bird_window = 0.002, 3
+    assert search.build_setting(spec).study_name == before
+    spec.search.timing.sparsity = 0.7  # what a trial means: a new study
+    assert search.build_setting(spec).study_name != before
+    assert parse_args(["s.yaml", "--seed", "2", "--runner", "local"]).seed == 2

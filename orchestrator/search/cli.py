@@ -1,4 +1,4 @@
-"""``python -m orchestrator.search SPEC [--runner ray|ray-batches|local] [--address A] [--n-trials N] [--no-report]``"""
+"""``python -m orchestrator.search SPEC [--runner ray|ray-batches|local] [--address A] [--n-trials N] [--seed S] [--no-report]``"""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "local: nodes in this process, no Ray")
     parser.add_argument("--address", help="Ray cluster address; default: an embedded local Ray")
     parser.add_argument("--n-trials", type=int, help="override search.n_trials (the study's total)")
+    parser.add_argument("--seed", type=int, help="override search.seed: the same study for another seed (its own "
+                                                 "fine-tuning, trials and study name)")
     parser.add_argument("--no-report", action="store_true", help="skip the figures and tables")
     return parser.parse_args(argv)
 
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_spec(args.spec)
         if spec.search is None:
             raise SpecError(f"{args.spec}: no 'search' section; see sweeps/timing_search.yaml and docs/search.md")
+        if args.seed is not None:
+            spec.search.seed = args.seed
         study = build_setting(spec).study_name
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -87,11 +87,15 @@ def build_setting(spec: SweepSpec) -> Setting:
 
 def study_name(setting: Setting) -> str:
     """``<sweep>.<kind>.<key>``: the key hashes the search space and every fixed setting (the fine-tuning's
-    key, a trial's base config, the stage code versions), not the trial budget or the storage, so a relaunch
-    with more trials continues the same study and any change to what a trial means starts a new one."""
+    key, a trial's base config, the stage code versions), not the trial budget, the storage or the predictors'
+    settings, so a relaunch with more trials continues the same study and any change to what a trial means
+    starts a new one."""
     s = setting.search
     probe = setting.nodes.base_config(setting.task, setting.backbone, setting.seed, "std", 0.0, setting.task_options)
-    payload = {"search": s.model_dump(exclude={"n_trials", "batch_size", "parallelism", "storage", "enqueue"}),
+    # the predictors' settings only read the fine-tuning's outputs after the study: calibrating a threshold
+    # (docs/search.md) re-runs the comparison in the same study
+    payload = {"search": s.model_dump(exclude={"n_trials", "batch_size", "parallelism", "storage", "enqueue",
+                                               "early_bird_threshold", "early_bird_window"}),
                "finetune": setting.finetune.key, "trial_base": {k: v for k, v in probe.items()
                                                                 if k not in ("device", "data_dir")},
                "versions": STAGE_VERSION}
