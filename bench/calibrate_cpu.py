@@ -32,6 +32,7 @@ from benchlib import write_result  # noqa: E402
 from calibration_format import SIZES, fit_linear  # noqa: E402
 from step_overhead import build_model, make_stepper  # noqa: E402
 
+LOAD_AT_START = os.getloadavg()
 MODELS = {"minilm": "minilm", "tiny-bert": "tiny"}  # calibration size -> step_overhead model shape
 BATCH = 32
 SEQS = (16, 32, 48)  # 512 / 1024 / 1536 tokens per step: the demo's and paper_small's range (lengths ~20)
@@ -152,7 +153,8 @@ def main(argv=None) -> dict:
         "format": 1, "name": os.path.splitext(os.path.basename(out))[0], "kind": "cpu",
         "device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (torch {torch.__version__})",
         "measured": today,
-        "shared_machine": "measured while another long CPU job ran on this machine's 2 cores: approximate",
+        # the other tenants' load is in every figure: record it (1/5/15-minute load averages at the start)
+        "load_average_at_start": [round(x, 2) for x in LOAD_AT_START],
         "form": "seconds of a pass = max(floor_s, fixed_s + per_token_s * padded tokens); 1 thread; "
                 "thread_speedup divides it for a trial with more CPUs",
         "sources": ["bench/calibrate_cpu.py"],

@@ -1,8 +1,8 @@
 """Predict a sweep's wall time on this CPU machine from a CPU calibration, and (given a finished output
 directory) compare it with the measured one.
 
-    nice -n 19 .venv/bin/python bench/predict_wall.py sweeps/demo.yaml --calibration cpu_2core_2026-12-03.json
-    nice -n 19 .venv/bin/python bench/predict_wall.py sweeps/demo.yaml --calibration cpu_2core_2026-12-03.json \\
+    nice -n 19 .venv/bin/python bench/predict_wall.py sweeps/demo.yaml --calibration cpu_2core_idle_2026-12-03.json
+    nice -n 19 .venv/bin/python bench/predict_wall.py sweeps/demo.yaml --calibration cpu_2core_idle_2026-12-03.json \\
         --measured results/demo [--measured-wall 412]   # after `python -m orchestrator.launch sweeps/demo.yaml`
 
 The prediction: each node's cost (orchestrator.plan.cost, at the trial's thread count), then the launch's
