@@ -236,7 +236,6 @@ def run_with_restarts(spec, plan, store, root, complete, verbose=False, restarts
         publish_failures += p
         finished |= f
         return errors, publish_failures, finished
-    raise AssertionError("unreachable")
 
 
 def error_frame(node: Node, message: str) -> pd.DataFrame:

@@ -120,7 +120,9 @@ class MnliTask(FileTask):
     def size_hint(which: str, **options) -> int | None:
         """Training rows without reading the file (the planner's step counts), for the subset source."""
         if which == "train" and options.get("train_source") == "train_subset":
-            size = 29_524  # mnli/mnli_train_subset.tsv (tests/test_real_loaders.py checks the count)
+            from .fingerprints import KNOWN_FILES  # the file's row count is recorded once, with its sha256
+
+            size = KNOWN_FILES["mnli/mnli_train_subset.tsv"].rows
             return min(size, options.get("max_train_rows") or size)
         return None
 
