@@ -21,6 +21,8 @@ import time
 from ray import tune
 from ray.tune import PlacementGroupFactory
 
+from workers.preempt import PreemptionNotice
+
 from . import cluster as clusterlib
 
 # Loggers whose records a quiet launch sends to the events log (Tune and the Train/AIR layers under it)
@@ -138,6 +140,11 @@ def trainable(config: dict) -> None:
     from workers.trainable import stage_trainable
 
     stage_trainable(config)
+
+
+# Tune builds the trial actor's class from the function and these mixins: PreemptionNotice sets the SIGTERM
+# handler in the actor's main thread (the function runs in a thread of its own, where none can be set)
+trainable.__mixins__ = (PreemptionNotice,)
 
 
 def trial_resources(config: dict) -> PlacementGroupFactory:

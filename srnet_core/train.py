@@ -209,6 +209,33 @@ class DivergenceError(RuntimeError):
     """The training loss became NaN or infinite: the run diverged (learning rate too high, bad data...)."""
 
 
+class Preempted(RuntimeError):
+    """A stop was requested while training (a spot-preemption notice: the worker got SIGTERM): the loop
+    checkpointed at the step boundary it reached and stopped. Not the run's fault: a retry resumes exactly
+    from that checkpoint."""
+
+
+# Set by ``request_stop`` (e.g. from a signal handler: a plain assignment, no lock), polled by every
+# ``TrainLoop`` after each step. One per process: a preemption notice is for the whole machine.
+_stop_reason: str | None = None
+
+
+def request_stop(reason: str = "stop requested") -> None:
+    """Ask every training loop of this process to checkpoint at its next step boundary and raise ``Preempted``."""
+    global _stop_reason
+    _stop_reason = reason
+
+
+def stop_requested() -> str | None:
+    """The reason given to ``request_stop``, or None."""
+    return _stop_reason
+
+
+def clear_stop() -> None:
+    global _stop_reason
+    _stop_reason = None
+
+
 @dataclass
 class EvalRecord:
     step: int
@@ -352,7 +379,10 @@ class TrainLoop:
             start = position * self.config.batch_size
             yield self.data.batch(order[start: start + self.config.batch_size])
 
-    def train(self, on_eval: Callable[[EvalRecord, "TrainLoop"], None] | None = None) -> None:
+    def train(self, on_eval: Callable[[EvalRecord | None, "TrainLoop"], None] | None = None) -> None:
+        """Train to ``total_steps``. ``on_eval(record, loop)`` sees every evaluation; ``on_eval(None, loop)`` is a
+        checkpoint request without an evaluation: a stop was requested (``request_stop``, a preemption
+        notice), the loop is at a step boundary, and ``Preempted`` is raised once ``on_eval`` returns."""
         cfg = self.config
         self.model.train()
         params = list(self.params.values())
@@ -379,8 +409,21 @@ class TrainLoop:
             self.step += 1
             self.after_step(self.step)
             self.train_seconds += time.perf_counter() - t0
-            if self.step % cfg.eval_every == 0 or self.step == self.total_steps:
+            evaluated = self.step % cfg.eval_every == 0 or self.step == self.total_steps
+            if evaluated:
                 record = self.run_eval()
                 if on_eval:
                     on_eval(record, self)
+            if _stop_reason is not None:
+                self._stop(on_eval, checkpointed=evaluated)
         self.complete_selected()
+
+    def _stop(self, on_eval, checkpointed: bool) -> None:
+        """A stop was requested: checkpoint this step (unless its evaluation just did) and raise ``Preempted``."""
+        reason = _stop_reason
+        if on_eval is None:
+            raise Preempted(f"{reason}: stopped at step {self.step} of {self.total_steps} (no checkpoint: this run "
+                            "has no report callback to write it)")
+        if not checkpointed:
+            on_eval(None, self)
+        raise Preempted(f"{reason}: checkpointed at step {self.step} of {self.total_steps}, stopping")

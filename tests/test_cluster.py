@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import glob
 import json
 import os
 import re
@@ -227,14 +228,23 @@ def _env(tmp_path, **extra) -> dict:
 
 @contextlib.contextmanager
 def ray_cluster(env: dict, workers: list[dict]):
-    """A head with ``CPU: 0`` plus ``workers`` (Cluster.add_node kwargs), served by a helper process."""
+    """A head with ``CPU: 0`` plus ``workers`` (Cluster.add_node kwargs, e.g. ``env_vars`` for a node's own
+    scratch directory), served by a helper process. ``info["remove"](i)`` kills worker i's node at once
+    (raylet and its processes, SIGKILL: a machine lost), as ``Cluster.remove_node`` does."""
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "serve", json.dumps(workers)], env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+
+    def remove(index: int) -> None:
+        proc.stdin.write(f"remove {index}\n")
+        proc.stdin.flush()
+        if proc.stdout.readline().strip() != f"removed {index}":
+            raise RuntimeError(f"the Ray cluster helper did not remove worker {index}")
+
     try:
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError("the Ray cluster helper exited before the cluster was up")
-        yield json.loads(line)
+        yield {**json.loads(line), "remove": remove}
     finally:
         with contextlib.suppress(OSError):
             proc.stdin.close()  # the helper shuts the cluster down
@@ -255,7 +265,11 @@ def _serve(workers: list[dict]) -> None:
         cluster.wait_for_nodes()
         print(json.dumps({"address": cluster.address, "head": cluster.head_node.node_id,
                           "workers": [n.node_id for n in nodes]}), flush=True)
-        sys.stdin.read()  # until the test closes our stdin
+        for line in sys.stdin:  # commands, until the test closes our stdin
+            if line.startswith("remove "):
+                index = int(line.split()[1])
+                cluster.remove_node(nodes[index], allow_graceful=False)
+                print(f"removed {index}", flush=True)
     finally:
         cluster.shutdown()
 
@@ -407,6 +421,119 @@ def test_sweep_on_a_multi_node_cluster_with_an_s3_store(tmp_path, s3_server, mon
     assert [p.name for p in (tmp_path / "specs").iterdir()] == ["s3.yaml"]
     home_files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "home") for f in fs]
     assert not [f for f in home_files if "artifacts" in f or f.endswith((".parquet", ".safetensors"))]
+
+
+def _ray_workers_with(name: str, value: str) -> list[int]:
+    """Pids of the Ray worker processes (``ray::...``) whose environment has ``name=value``: one node's."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:  # gone, or not ours
+            continue
+        if cmd.startswith(b"ray::") and f"{name}={value}".encode() in environ:
+            out.append(int(pid))
+    return out
+
+
+@pytest.mark.slow
+def test_a_fine_tune_killed_with_its_machine_resumes_on_the_other_with_all_its_outputs(tmp_path, s3_server,
+                                                                                        monkeypatch):
+    """Issue 24 item 1 on a real 2-worker cluster with the S3 store and a scratch directory per node: once the
+    fine-tune has pushed weights_f0.2 or later, its machine is lost (its Ray workers SIGKILLed, then the node
+    removed: raylet and all); Tune retries the trial on the other node, which resumes from the checkpoint in the
+    store. The marker lists all 9 checkpoint files, which with timing.json equal an uninterrupted run's; the
+    timing paradigm's mask training (from f0.2 and from the end) completes; the launch exits 0."""
+    import pyarrow.fs as pafs
+
+    from orchestrator import results
+    from orchestrator.launch import node_payload
+    from orchestrator.plan import build_plan
+    from orchestrator.spec import parse_spec
+    from workers.store import ArtifactStore
+    from workers.trainable import run_node
+
+    for k, v in s3_server.items():
+        monkeypatch.setenv(k, v)
+    env = _env(tmp_path, **s3_server)
+    out = "s3://sweeps/lost"
+    d = {**BASE, "name": "lost", "output_dir": out, "max_length": 32,
+         "grid": {**BASE["grid"], "paradigms": ["timing"]},
+         "task_options": {"synthetic": {"n_train": 256, "n_dev": 32, "n_ood": 32}},
+         # 1,000 steps, checkpoints every 50: the 10%..90% files at steps 100, ..., 900
+         "finetune": {"lr": 1e-3, "max_steps": 1000, "batch_size": 16, "eval_every": 50},
+         "mask_train": {"lr": 1e-3, "max_steps": 10, "batch_size": 16, "eval_every": 5},
+         "paradigm_options": {"timing": {"fractions": [0.2], "sparsity": 0.5, "loss": "std"}},
+         "resources": {"cpus_per_trial": 1}}
+    spec = tmp_path / "specs" / "lost.yaml"
+    spec.parent.mkdir()
+    spec.write_text(yaml.safe_dump(d))
+    plan = build_plan(parse_spec(d))
+    (ft,) = [n for n in plan.nodes.values() if n.stage == "finetune"]
+    masks = [n for n in plan.nodes.values() if n.stage == "mask_train"]
+    assert len(masks) == 2 and len(plan.nodes) == 3
+    scratch = [str(tmp_path / "scratch-w1"), str(tmp_path / "scratch-w2")]
+    workers = [{"num_cpus": 1, "resources": {f"w{i + 1}": 1}, "env_vars": {"SRNET_CACHE": scratch[i]}}
+               for i in range(2)]
+    store = ArtifactStore(f"{out}/artifacts", cache_dir=str(tmp_path / "probe"))
+    later = {f"weights_f0.{i}.safetensors" for i in range(2, 9)}
+    (cwd := tmp_path / "cwd").mkdir()
+    started = time.time()
+    with ray_cluster(env, workers) as info, open(tmp_path / "launch.log", "w+") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.launch", str(spec), "--address", info["address"],
+                                 "--no-report", "--no-figure"], cwd=cwd, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        victim, killed, deadline = None, [], time.time() + 300
+        try:
+            while victim is None and time.time() < deadline and proc.poll() is None:
+                names = {i.base_name for i in store.fs.get_file_info(pafs.FileSelector(
+                    store._remote_path("finetune", ft.key), allow_not_found=True))}
+                if "_COMPLETE.json" in names:
+                    break
+                if names & later:  # the machine running it is lost: its workers first, then the node itself
+                    (victim,) = [i for i, s in enumerate(scratch) if glob.glob(f"{s}/*/nodes/finetune/{ft.key}")]
+                    killed = _ray_workers_with("SRNET_CACHE", scratch[victim])
+                    for pid in killed:
+                        os.kill(pid, signal.SIGKILL)
+                    info["remove"](victim)
+                    break
+                time.sleep(0.2)
+            assert victim is not None, "the fine-tune was not caught mid-run"
+            proc.wait(timeout=600)
+        finally:
+            _kill(proc)
+        log.seek(0)
+        text = log.read()
+    took = time.time() - started
+    assert proc.returncode == 0, text[-4000:]
+    assert killed, "no Ray worker process of the lost node was found"
+    lost = sorted(os.path.basename(p) for p in glob.glob(f"{scratch[victim]}/*/nodes/finetune/{ft.key}/weights_f*"))
+    assert "weights_f0.1.safetensors" in lost and "weights_f0.9.safetensors" not in lost  # written on the lost node
+
+    files = store.marker("finetune", ft.key)["files"]
+    grid = [f"weights_f0.{i}.safetensors" for i in range(1, 10)]
+    assert sorted(f for f in files if f.startswith("weights_f")) == grid
+    assert all(store.is_complete("mask_train", n.key) for n in masks)
+    frame = results.load(out)
+    assert (frame["status"] == "completed").all() and frame["node_key"].nunique() == 3
+    ft_rows = frame[frame["node_key"] == ft.key]
+    assert set(ft_rows["ray_node_id"]) == {info["workers"][1 - victim]} and ft_rows["attempt"].min() >= 2
+    assert set(frame["ray_node_id"]) == {info["workers"][1 - victim]}  # the downstream nodes ran there too
+
+    monkeypatch.setenv("SRNET_CACHE", str(tmp_path / "reference"))  # the same node, never interrupted
+    reference = ArtifactStore(str(tmp_path / "reference-store"))
+    ft.stage_config["device"] = "cpu"
+    run_node(node_payload(ft, reference))
+    expected = reference.marker("finetune", ft.key)["files"]
+    assert {n: m["sha256"] for n, m in files.items() if n.startswith("weights")} == \
+        {n: m["sha256"] for n, m in expected.items() if n.startswith("weights")}
+    timing = json.load(open(store.fetch("finetune", ft.key, "timing.json")))
+    assert timing == json.load(open(os.path.join(reference.node_dir("finetune", ft.key), "timing.json")))
+    assert all(len(e["distances"]) == 9 for e in timing["early_bird"].values())
+    print(f"lost node {victim + 1} ({len(killed)} worker processes); launch and checks took {took:.0f} s")
 
 
 @pytest.mark.slow

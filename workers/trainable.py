@@ -17,8 +17,9 @@ from ray import tune
 from srnet_core.checkpoint import AsyncCheckpointWriter, load_checkpoint
 from srnet_core.io import atomic_path
 from srnet_core.stages import run_stage
-from srnet_core.train import EvalRecord
+from srnet_core.train import EvalRecord, Preempted, stop_requested
 
+from . import preempt
 from .provenance import provenance
 from .rows import config_columns, result_frame  # noqa: F401 - config_columns: re-exported
 from .store import ArtifactStore, CorruptArtifactError, LeaseKeeper, check_store
@@ -52,9 +53,12 @@ def run_node(node: dict, report=None, owner: str | None = None) -> str:
     out_dir = store.node_dir(stage, key)
     if store.is_complete(stage, key):
         return out_dir
-    with LeaseKeeper(store, stage, key, owner) as lease:
-        if lease.acquired:
-            _run_node(node, report, store, lease.owner)
+    with preempt.notice():  # SIGTERM (a spot notice) from here on: checkpoint at the next step, then Preempted
+        if stop_requested():  # this process was told to stop before the node began: it is not the place to run
+            raise Preempted(f"{stop_requested()}: node {key} not started")
+        with LeaseKeeper(store, stage, key, owner) as lease:
+            if lease.acquired:
+                _run_node(node, report, store, lease.owner)
     return out_dir
 
 
@@ -76,9 +80,9 @@ def _run_node(node: dict, report, store: ArtifactStore, owner: str) -> None:
     store.log_event("run", stage, key, owner=owner, resumed_from=_step_of(resume_state), attempt=attempt,
                     queued_at=node.get("queued_at"))
 
-    def on_eval(record: EvalRecord, state_fn) -> None:
+    def on_eval(record: EvalRecord | None, state_fn) -> None:
         writer.submit(state_fn)
-        if report:
+        if report and record is not None:  # None: a checkpoint before stopping (preemption), no evaluation
             report(record)
 
     started = time.time()
@@ -96,11 +100,13 @@ def _run_node(node: dict, report, store: ArtifactStore, owner: str) -> None:
     writer = AsyncCheckpointWriter(state_path, upload=upload)
     try:
         rows = run_stage(stage_config, out_dir, report=on_eval, resume_state=resume_state)
-    except BaseException:
+    except BaseException as err:
         try:  # the stage's own error is the one to report: an upload error must not replace it
-            writer.close()
+            writer.close()  # a preempted run's last checkpoint (its stop step) is written and pushed here
         except Exception as close_err:  # noqa: BLE001
             store.log_event("checkpoint_upload_failed", stage, key, error=f"{type(close_err).__name__}: {close_err}")
+        if isinstance(err, Preempted):
+            store.log_event("preempted", stage, key, owner=owner, attempt=attempt, message=str(err))
         raise
     writer.close()  # the last checkpoint is on disk (and uploaded) before anything else happens
     ended = time.time()
@@ -145,16 +151,16 @@ def check_versions(node: dict) -> None:
 
 def retryable(err: BaseException) -> bool:
     """Whether a retry can cure the failure: infrastructure (I/O and network errors, a lost object or actor,
-    memory) is retried from the last checkpoint; anything else is deterministic (divergence, bad data, a code
-    error, a refused node) and would only fail again, so it is not."""
+    memory, a preemption notice) is retried from the last checkpoint; anything else is deterministic
+    (divergence, bad data, a code error, a refused node) and would only fail again, so it is not."""
     import torch
 
     if isinstance(err, CorruptArtifactError):
         # a retry would read the same bad file: the upstream node is invalidated, and the running launch re-runs
         # it before this one (orchestrator.scheduler.DagScheduler.reopen)
         return False
-    if isinstance(err, (OSError, MemoryError, torch.OutOfMemoryError)):
-        return True
+    if isinstance(err, (OSError, MemoryError, torch.OutOfMemoryError, Preempted)):
+        return True  # Preempted: a SIGTERM (spot notice) stopped it at a checkpoint it resumes from
     try:
         from ray.exceptions import RayError
     except ImportError:  # pragma: no cover - workers always run under Ray

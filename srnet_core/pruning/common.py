@@ -11,6 +11,7 @@ from ..masks import MaskSet
 from ..models import prunable_linear_names
 
 Report = Callable  # report(record, state_fn): called after every evaluation; state_fn() -> checkpoint dict
+# (record None: a checkpoint without an evaluation before the loop raises Preempted, srnet_core.train)
 
 
 class OptionError(ValueError):

@@ -157,7 +157,9 @@ def imp(model: nn.Module, names: list[str], train_data: Encoded, loss_fn, config
     them fixed). ``on_level(level, model)`` runs when a level ends, with the model at that level's final
     state (masks attached), e.g. to save its weights. ``report(record, state_fn)`` sees every evaluation;
     ``state_fn()`` is a checkpoint that ``resume_state`` continues from exactly (finished levels travel in
-    it with bit-packed masks). The model is left at the last level with its masks attached.
+    it with bit-packed masks; with ``rewind="start"`` the rewind point is not in it: a resumed run is given
+    the model as the first run was, and re-reads it from there). The model is left at the last level with
+    its masks attached.
     """
     options = options or ImpOptions()
     levels = imp_levels(options)
@@ -185,15 +187,20 @@ def imp(model: nn.Module, names: list[str], train_data: Encoded, loss_fn, config
 
     done: list[ImpLevel] = []
     rewind_to: dict[str, torch.Tensor] = {}
+    # Rewinding to the start: the weights the model holds now, i.e. the pre-trained backbone (or the input
+    # weights file) as loaded for this run. Re-read on every run, resumed ones too, and never checkpointed (a
+    # BERT-large copy is 1.3 GB of every state upload); a rewind to step k > 0 cannot be re-read: it is.
+    rewind_saved = options.rewind is not None and rewind_step > 0
+    if options.rewind is not None and rewind_step == 0:
+        rewind_to = clone_tensors({n: params[n] for n in rewind_names})
     start_level, loop_state = 0, None
     if resume_state is not None:
         done = [ImpLevel.from_state(s) for s in resume_state["done"]]
         start_level = int(resume_state["level"])
-        rewind_to = dict(resume_state["rewind"])
+        if rewind_saved:
+            rewind_to = dict(resume_state["rewind"])
         mask_set.load_state_dict(resume_state["masks"])
         loop_state = resume_state["loop"]
-    elif options.rewind is not None and rewind_step == 0:
-        rewind_to = clone_tensors({n: params[n] for n in rewind_names})
 
     for index in range(start_level, len(levels)):
         target = levels[index]
@@ -213,7 +220,7 @@ def imp(model: nn.Module, names: list[str], train_data: Encoded, loss_fn, config
 
         def state_fn(loop=loop, index=index) -> dict:
             return {"level": index, "loop": loop.state(), "masks": mask_set.state_dict(),
-                    "rewind": dict(rewind_to), "done": [d.to_state() for d in done]}
+                    "rewind": dict(rewind_to) if rewind_saved else {}, "done": [d.to_state() for d in done]}
 
         if loop_state is not None:
             loop.load_state(loop_state)

@@ -81,4 +81,6 @@ class StageConfig:
         return d
 
 
-Report = Callable[[EvalRecord, Callable[[], dict]], None]
+# report(record, state_fn): after every evaluation; record None: a checkpoint without an evaluation (a stop
+# was requested, srnet_core.train.request_stop: checkpoint state_fn() now, the run raises Preempted next)
+Report = Callable[[EvalRecord | None, Callable[[], dict]], None]
