@@ -301,14 +301,30 @@ record(event="driver_done", key="")
 
 
 def _start_drivers(tmp_path, root, n_nodes=6, seconds=2.0, threads=2, ttl=6):
+    """Driver a, then (once a holds its first node) driver b, whose clock is 5 minutes ahead: b meets live
+    leases of a, the case a skewed clock gets wrong."""
     log = tmp_path / "drivers.jsonl"
     env = {**os.environ, "PYTHONPATH": REPO, "SRNET_LEASE_TTL": str(ttl)}
-    procs = [subprocess.Popen([sys.executable, "-c", DRIVER, root, name, str(log), str(n_nodes), str(seconds),
-                               str(threads)], cwd=REPO,  # each driver its own scratch: two machines
-                              env={**env, "LEASE_TEST_SKEW": str(skew), "SRNET_CACHE": str(tmp_path / f"cache-{name}")},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for name, skew in (("a", 0.0), ("b", SKEW))]
+
+    def start(name, skew):
+        return subprocess.Popen([sys.executable, "-c", DRIVER, root, name, str(log), str(n_nodes), str(seconds),
+                                 str(threads)], cwd=REPO,  # each driver its own scratch: two machines
+                                env={**env, "LEASE_TEST_SKEW": str(skew), "SRNET_CACHE": str(tmp_path / f"cache-{name}")},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    procs = [start("a", 0.0)]
+    _wait_for(log, lambda e: e["event"] == "run" and e["driver"] == "a", procs)
+    procs.append(start("b", SKEW))
     return log, procs
+
+
+def _wait_for(log, match, procs, timeout=60.0):
+    deadline = time.time() + timeout
+    while not any(match(e) for e in _events(log)):
+        if time.time() > deadline or any(p.poll() is not None for p in procs):
+            _finish(procs)
+            raise AssertionError(f"timed out waiting in {log}: {_events(log)}")
+        time.sleep(0.05)
 
 
 def _events(log) -> list[dict]:
@@ -339,8 +355,9 @@ def _per_key(events, event):
 
 
 def test_two_drivers_one_5_minutes_fast_train_every_node_once(root, tmp_path):
-    """Two driver processes, 2 threads each, over the same 6 nodes in the same order; driver b's clock is 5
-    minutes ahead. Every node is run once and committed once, and no lease is ever taken as expired."""
+    """Two driver processes, 2 threads each, over the same 6 nodes in the same order; driver b, started once a
+    holds its first node, has its clock 5 minutes ahead. Every node is run once and committed once, and no
+    lease is ever taken as expired."""
     log, procs = _start_drivers(tmp_path, root)
     _finish(procs)
     events = _events(log)
@@ -350,24 +367,21 @@ def test_two_drivers_one_5_minutes_fast_train_every_node_once(root, tmp_path):
     assert not [e for e in events if e["event"] in ("lease_expired", "lease_lost")], events
     store = ArtifactStore(root)
     assert all(store.is_complete("finetune", k) for k in keys)
-    assert {e["driver"] for e in events if e["event"] == "lease_wait"} >= {"a"}  # they contended for nodes
+    assert any(e["event"] == "lease_wait" and e["driver"] == "b" for e in events)  # b met a's live leases
     for k in keys:  # the marker was written under the lease of the run that committed it
         committed = next(e for e in events if e["event"] == "committed" and e["key"] == k)
         assert store.marker("finetune", k)["lease"]["owner"] == committed["owner"]
 
 
 def test_a_holder_whose_lease_is_lost_stops_and_never_commits(root, tmp_path):
-    """As above, and while node n0 runs its lease is deleted from the store: another holder takes it and runs
-    n0; the first holder is fenced (lease_lost, its run ends, no commit). Every node is committed exactly once,
-    n0 by the run that holds its lease."""
+    """As above, and while driver a runs node n0 (b waiting for it) n0's lease is deleted from the store: b takes
+    it and runs n0; a is fenced (lease_lost, its run ends, no commit). Every node is committed exactly once, n0
+    by the run that holds its lease."""
     log, procs = _start_drivers(tmp_path, root, seconds=4.0)
     store = ArtifactStore(root)
-    try:
-        deadline = time.time() + 60
-        while not any(e["event"] == "run" and e["key"] == "n0" for e in _events(log)):
-            assert time.time() < deadline, "n0 never started"
-            time.sleep(0.05)
-        time.sleep(0.3)
+    try:  # a runs n0 and b waits for it (or, were b's clock trusted, has taken it): then n0's lease vanishes
+        _wait_for(log, lambda e: e["event"] in ("lease_wait", "run") and e["key"] == "n0" and e["driver"] == "b",
+                  procs)
         _remove_lease(store, "finetune", "n0")
     finally:
         _finish(procs)
@@ -377,7 +391,7 @@ def test_a_holder_whose_lease_is_lost_stops_and_never_commits(root, tmp_path):
     runs = [e for e in events if e["event"] == "run" and e["key"] == "n0"]
     lost = [e for e in events if e["event"] == "lease_lost" and e["key"] == "n0"]
     committed = [e for e in events if e["event"] == "committed" and e["key"] == "n0"]
-    assert len(runs) == 2 and [e["owner"] for e in lost] == [runs[0]["owner"]], events
+    assert len(runs) == 2 and runs[0]["driver"] == "a" and [e["owner"] for e in lost] == [runs[0]["owner"]], events
     assert [e["owner"] for e in committed] == [runs[1]["owner"]], events  # the stale holder never committed
     assert store.marker("finetune", "n0")["lease"]["owner"] == runs[1]["owner"]
     others = _per_key(events, "run")
