@@ -307,10 +307,10 @@ def _start_drivers(tmp_path, root, n_nodes=6, seconds=2.0, threads=2, ttl=6):
     env = {**os.environ, "PYTHONPATH": REPO, "SRNET_LEASE_TTL": str(ttl)}
 
     def start(name, skew):
+        scratch = str(tmp_path / f"cache-{name}")  # each driver its own scratch: two machines
         return subprocess.Popen([sys.executable, "-c", DRIVER, root, name, str(log), str(n_nodes), str(seconds),
-                                 str(threads)], cwd=REPO,  # each driver its own scratch: two machines
-                                env={**env, "LEASE_TEST_SKEW": str(skew), "SRNET_CACHE": str(tmp_path / f"cache-{name}")},
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                 str(threads)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**env, "LEASE_TEST_SKEW": str(skew), "SRNET_CACHE": scratch})
 
     procs = [start("a", 0.0)]
     _wait_for(log, lambda e: e["event"] == "run" and e["driver"] == "a", procs)

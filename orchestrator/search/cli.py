@@ -76,13 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        return _search(args, spec, store)
+        return _search(args, spec, store, study)
     finally:
         if guard is not None:
             guard.stop()
 
 
-def _search(args, spec, store) -> int:
+def _search(args, spec, store, study: str) -> int:
     root = results.results_dir(spec.output_dir)
     runner = {"ray": SchedulerRunner, "ray-batches": LaunchRunner, "local": LocalRunner}[args.runner](spec, store, root)
     try:
