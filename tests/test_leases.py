@@ -167,6 +167,37 @@ def test_a_trial_that_met_a_held_node_is_deferred_not_done():
     assert scheduler.status["a"] == "done" and searcher.suggest("t4")["node"]["key"] == "b"
 
 
+@pytest.mark.parametrize("kind", ["stage", "simulated"])
+def test_a_trial_whose_node_is_held_elsewhere_frees_its_slot_with_a_held_result(tmp_path, monkeypatch, kind):
+    """Tune's trainables (the real one and the rehearsal's): a node held by another live driver ends the trial
+    after the holder's ttl with ``srnet_held`` / ``srnet_retry_after`` as its last result, not an error."""
+    from ray import tune
+
+    from workers import simulate, trainable
+
+    root = str(tmp_path / "store")
+    store = ArtifactStore(root)
+    holder = store_mod.LeaseKeeper(store, "finetune", "held", owner="other-driver", ttl=1.5, poll=0.1).__enter__()
+    reported = []
+    monkeypatch.setattr(tune, "report", lambda result: reported.append(result))
+    monkeypatch.setattr(tune, "get_context", lambda: namedtuple("Ctx", "get_experiment_name get_trial_id")(
+        lambda: "exp", lambda: "trial1"))
+    node = {"key": "held", "stage": "finetune", "inputs": {}, "artifact_root": root, "columns": {},
+            "stage_config": {"stage": "finetune", "task": "synthetic", "seed": 0}}
+    run = (lambda: trainable.stage_trainable({"node": node})) if kind == "stage" else (
+        lambda: simulate.simulated_trainable({"held": (0.1, ["weights.safetensors"])})({"node": node}))
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    still_waiting = worker.is_alive()
+    holder.__exit__(None, None, None)
+    worker.join(timeout=10)
+    assert not still_waiting, "the trial still held its slot 10 s into a 1.5 s ttl"
+    assert len(reported) == 1 and reported[0]["srnet_retry_after"] == 1.5, reported
+    assert "held by other-driver" in reported[0]["srnet_held"], reported
+    assert not store.is_complete("finetune", "held")
+
+
 # -- fencing in the real node runner -----------------------------------------------------------------------------
 def test_run_node_stops_at_its_next_report_when_its_lease_is_taken(tmp_path, monkeypatch):
     """The stage reports every 0.1 s; its lease is taken over at step 5. The renewal thread notices (ttl 1.5 s:
@@ -229,6 +260,27 @@ def test_a_second_driver_is_refused_on_a_store_without_conditional_writes(tmp_pa
     again = launch.guard_store(ArtifactStore(store.root), "sweeps/smoke.yaml")  # the first one ended: free
     assert again is not None
     again.stop()
+
+
+def test_a_search_is_refused_beside_a_driver_on_a_store_without_conditional_writes(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from orchestrator import launch
+    from orchestrator.search import cli
+    from orchestrator.spec import load_spec
+
+    monkeypatch.setattr(ArtifactStore, "conditional_writes", lambda self: "as if gs:// (test)", raising=False)
+    spec = yaml.safe_load(open(os.path.join(REPO, "sweeps", "timing_search.yaml")))
+    spec["output_dir"] = f"file://{tmp_path}/out"
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    first = launch.guard_store(ArtifactStore(load_spec(str(path)).artifact_root()), str(path))
+    try:
+        assert cli.main([str(path), "--runner", "local", "--no-report"]) == 2
+    finally:
+        first.stop()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "conditional writes" in err[0] and "is running on it" in err[0], err
 
 
 # -- two drivers ----------------------------------------------------------------------------------------------------
