@@ -467,6 +467,28 @@ def ray_session(args: argparse.Namespace, spec: SweepSpec):
             ray.shutdown()
 
 
+def guard_store(store: ArtifactStore, source: str):
+    """On a store whose leases cannot keep two drivers apart (no conditional writes: gs://, hdfs://, an S3
+    server that ignores If-None-Match, s3:// without boto3), register this driver and refuse a second one
+    (SpecError: one line, exit 2). Returns the running ``DriverGuard`` (``stop()`` it at the end), or None
+    where leases are mutual exclusion (a local or shared filesystem, S3 with conditional writes)."""
+    problem = store.conditional_writes()
+    if problem is None:
+        return None
+    from workers.store import default_owner  # host:pid:random, unique per launch
+
+    guard = store.driver_guard(default_owner())
+    other = guard.running()
+    if other is not None:
+        body, age = other
+        raise SpecError(f"{source}: artifact store '{store.root}' has no conditional writes ({problem}), so its node "
+                        f"leases cannot keep two drivers apart, and driver {body.get('owner')} is running on it "
+                        f"(heartbeat {age:.0f} s ago); wait for it to end, or use an s3:// store with boto3 or a "
+                        "shared-filesystem directory")
+    guard.start()
+    return guard
+
+
 def error(message) -> None:
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
 
@@ -486,6 +508,19 @@ def main(argv: list[str] | None = None) -> int:
         console.print(tally.table(f"sweep '{spec.name}': status from {store.root}"))
         console.print(tally.line(), highlight=False, soft_wrap=True)
         return 0
+    try:  # before anything is read or run: a second driver on a store that cannot keep drivers apart
+        guard = None if args.dry_run else guard_store(store, args.spec)
+    except SpecError as err:
+        error(err)
+        return 2
+    try:
+        return _launch(args, spec, plan, store, root)
+    finally:
+        if guard is not None:
+            guard.stop()
+
+
+def _launch(args, spec: SweepSpec, plan: Plan, store: ArtifactStore, root: str) -> int:
     if not args.dry_run:
         # stored inputs this launch will read are checked against their sha256 first; bad ones re-run
         for key, problem in failures.verify_inputs(plan, store, _published_keys(root)).items():

@@ -34,10 +34,11 @@ API for other producers of nodes (e.g. an Optuna study whose trials are ordinary
   Nodes it adds are published like the plan's. While nothing is ready or running, Tune polls ``suggest``
   about once a second.
 
-States: ``waiting`` (an input is not complete yet), ``ready``, ``running`` (handed to Tune: pending or
-running there), ``done`` (finished in this launch), ``cached`` (complete before the launch: never run again),
-``failed``, ``skipped``. Times: ``queued_at`` (handed to Tune), ``started_at`` (its trial actually started:
-``node_started``, from Tune's ``on_trial_start``), ``ended_at``; GPU-hours count from ``started_at``.
+States: ``waiting`` (an input is not complete yet, or deferred: another driver held its lease), ``ready``,
+``running`` (handed to Tune: pending or running there), ``done`` (finished in this launch), ``cached``
+(complete before the launch: never run again), ``failed``, ``skipped``. Times: ``queued_at`` (handed to
+Tune), ``started_at`` (its trial actually started: ``node_started``, from Tune's ``on_trial_start``),
+``ended_at``; GPU-hours count from ``started_at``.
 """
 from __future__ import annotations
 
@@ -83,6 +84,7 @@ class DagScheduler:
         self._callbacks: list[Callable] = []
         self._open = keep_open
         self._reopened: dict[str, int] = {}  # key -> times re-opened after a consumer found it corrupt
+        self._deferred: dict[str, float] = {}  # key -> when it is ready again (held by another driver: defer)
 
     # -- building ---------------------------------------------------------------------------------------------
     def add_nodes(self, nodes: Iterable, complete: Iterable[str] = ()) -> int:
@@ -154,11 +156,33 @@ class DagScheduler:
                 tops.append((*heap[0], stage))
         return sorted(tops)
 
+    def defer(self, key: str, seconds: float, message: str = "") -> None:
+        """The node's trial ended without running it because another driver holds its lease (the trial's result
+        carries ``workers.trainable.HELD_KEY``): it waits ``seconds``, then is ready again; when handed out
+        again it is skipped if the other driver completed it, or run if that driver's lease expired."""
+        with self._lock:
+            if self.status.get(key) != RUNNING:
+                return
+            self.status[key] = WAITING
+            self._missing[key] = 0
+            self._deferred[key] = time.time() + max(0.0, seconds)
+            self.message[key] = message
+
+    def _wake_deferred(self) -> None:
+        now = time.time()
+        for key, due in list(self._deferred.items()):
+            if due <= now:
+                del self._deferred[key]
+                if self.status.get(key) == WAITING and self._missing.get(key, 0) == 0:
+                    self.status[key] = READY
+                    self._push(key)
+
     def next_ready(self, fits: Callable[[object], bool] | None = None):
         """The ready node with the longest remaining path (now marked running, ``queued_at`` stamped), or None.
         ``fits(node)``: whether the node can start now; the best ready node that fits is returned (a node
         that does not fit stays ready, in its place). It must answer alike for every node of a stage."""
         with self._lock:
+            self._wake_deferred()
             for _, _, key, stage in self._tops():
                 node = self.nodes[key]
                 if fits is None or fits(node):
@@ -194,7 +218,7 @@ class DagScheduler:
         """Nothing ready or running, yet nodes wait (cannot happen for a consistent DAG; a guard for callers)."""
         with self._lock:
             return not any(s in (READY, RUNNING) for s in self.status.values()) and \
-                any(s == WAITING for s in self.status.values())
+                any(s == WAITING and k not in self._deferred for k, s in self.status.items())
 
     def reopen(self, key: str, waiter: str | None = None, limit: int = 2) -> bool:
         """A file of ``key`` (done, or complete from an earlier launch) was found corrupt by ``waiter``, whose
@@ -308,7 +332,7 @@ def make_searcher(scheduler: DagScheduler, payload: Callable[[object], dict],
     which pending trial starts first)."""
     from ray.tune.search import Searcher
 
-    from workers.trainable import ERROR_KEY, REOPEN_KEY
+    from workers.trainable import ERROR_KEY, HELD_KEY, REOPEN_KEY, RETRY_KEY
 
     class NodeSearcher(Searcher):
         def __init__(self):
@@ -343,6 +367,8 @@ def make_searcher(scheduler: DagScheduler, payload: Callable[[object], dict],
                     except Exception as err:  # a missing error file must not stop the sweep
                         message = f"failed (its error could not be read: {err})"
                 scheduler.node_failed(key, message)
+            elif isinstance(result, dict) and result.get(HELD_KEY):  # another driver holds it: again later
+                scheduler.defer(key, float(result.get(RETRY_KEY) or 60.0), str(result[HELD_KEY]))
             elif isinstance(result, dict) and result.get(ERROR_KEY):  # failed deterministically: not retried
                 upstream = result.get(REOPEN_KEY)  # a corrupt input: its producer re-runs, then this node
                 if not (upstream and scheduler.reopen(upstream, key)):

@@ -123,16 +123,17 @@ def test_lease_excludes_a_second_owner_until_release_or_expiry(tmp_path):
     a = store.try_lease("finetune", "k", "driver-a", ttl=30)
     assert a is not None
     assert store.try_lease("finetune", "k", "driver-b", ttl=30) is None
-    assert store.try_lease("finetune", "k", "driver-a", ttl=30) is not None  # a's retried trial takes it back
-    store.release_lease("finetune", "k", store.read_lease("finetune", "k"))
-    b = store.try_lease("finetune", "k", "driver-b", ttl=0.3)
+    again = store.try_lease("finetune", "k", "driver-a", ttl=30)  # a's retried trial takes it back
+    assert again is not None
+    assert not store.renew_lease("finetune", "k", a)  # ... and the old attempt's lease is gone (fenced)
+    store.release_lease("finetune", "k", again)
+    b = store.try_lease("finetune", "k", "driver-b", ttl=1.0)
     assert b is not None
-    # a holder on another machine that stops renewing: its lease expires
-    b["host"], b["expires"] = "elsewhere", time.time() + 1.0
-    store._write_lease("finetune", "k", b, exclusive=False)
+    # a holder that stops renewing: its lease expires (on the store's clock: file mtimes)
     assert store.try_lease("finetune", "k", "driver-c", ttl=30) is None
-    time.sleep(1.1)
+    time.sleep(1.2)
     assert store.try_lease("finetune", "k", "driver-c", ttl=30) is not None
+    assert not store.renew_lease("finetune", "k", b)  # b's late renewal cannot overwrite its successor's lease
     assert [e["event"] for e in store.events()] == ["lease_expired"]
 
 
@@ -141,8 +142,9 @@ def test_lease_of_a_dead_process_on_this_machine_is_taken_at_once(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     lease = store.try_lease("finetune", "k", "killed-driver", ttl=3600)
-    lease["pid"] = proc.pid  # as if a killed driver's trial process had written it
-    store._write_lease("finetune", "k", lease, exclusive=False)
+    # as if a killed driver's trial process (same kernel, same pid namespace) had written it
+    dead = {**lease, "pid": proc.pid, "process": {**lease["process"], "pid": proc.pid}}
+    assert store.leases.replace("finetune", "k", dead, lease["_version"]) is not None
     assert store.try_lease("finetune", "k", "relaunch", ttl=30) is not None
 
 
@@ -160,9 +162,9 @@ def test_second_holder_waits_then_skips_the_completed_node(tmp_path):
         done.set()
 
     threading.Thread(target=finish).start()
-    with LeaseKeeper(store, "finetune", "k", owner="two", ttl=3, poll=0.1) as second:
+    with LeaseKeeper(store, "finetune", "k", owner="two", ttl=3, poll=0.1, max_wait=20) as second:
         assert done.is_set() and not second.acquired and second.waited > 2.0
-    assert store.read_lease("finetune", "k") is None
+    assert store.read_lease("finetune", "k")["released"]
     assert [e["event"] for e in store.events()] == ["lease_wait"]
 
 

@@ -65,10 +65,16 @@ def simulated_trainable(nodes: dict[str, tuple[float, list[str]]]):
     def trainable(config: dict) -> None:
         from ray import tune
 
+        from .leases import HeldElsewhere, held_result
+
         ctx = tune.get_context()
         node = config["node"]
         seconds, outputs = nodes[node["key"]]
-        run_simulated(node, seconds, outputs, owner=f"{ctx.get_experiment_name()}/{ctx.get_trial_id()}")
+        try:
+            run_simulated(node, seconds, outputs, owner=f"{ctx.get_experiment_name()}/{ctx.get_trial_id()}")
+        except HeldElsewhere as err:  # another driver has the node: not run here, handed out again later
+            tune.report(held_result(err))
+            return
         tune.report({SIMULATED_METRIC: seconds})
 
     return trainable
@@ -78,31 +84,36 @@ def run_simulated(node: dict, seconds: float, outputs: list[str], owner: str | N
     """One node of a rehearsal; returns its local artifact directory. Idempotent once complete. The store check
     is the real node's (``check_store``); the code-version check is not made (it needs the stage registry, and
     a rehearsal's workers run this very checkout on this machine)."""
-    from .store import ArtifactStore, LeaseKeeper, check_store
+    from .store import ArtifactStore, LeaseKeeper, LeaseLost, check_store
 
     check_store(node)
     store = ArtifactStore(node["artifact_root"])
     stage, key = node["stage"], node["key"]
     if not store.is_complete(stage, key):
-        with LeaseKeeper(store, stage, key, owner) as lease:
-            if lease.acquired:
-                _simulate(node, seconds, outputs, store, lease.owner)
+        try:
+            with LeaseKeeper(store, stage, key, owner) as lease:
+                if lease.acquired:
+                    _simulate(node, seconds, outputs, store, lease)
+        except LeaseLost:
+            if not store.is_complete(stage, key):
+                raise
     return store.node_dir(stage, key)
 
 
-def _simulate(node: dict, seconds: float, outputs: list[str], store, owner: str) -> None:
+def _simulate(node: dict, seconds: float, outputs: list[str], store, lease) -> None:
     from srnet_core.io import atomic_path
 
     from .provenance import host_provenance
     from .rows import result_frame
 
-    stage, key = node["stage"], node["key"]
+    stage, key, owner = node["stage"], node["key"], lease.owner
     out_dir = store.node_dir(stage, key)
     attempt = store.count_attempt(stage, key)
     store.log_event("run", stage, key, owner=owner, resumed_from=None, attempt=attempt,
                     queued_at=node.get("queued_at"), simulated=True)
     started = time.time()
-    time.sleep(max(0.0, seconds))
+    if lease.lost.wait(max(0.0, seconds)):  # the sleep is the training: a lost lease ends it (fencing)
+        lease.check()
     for name in outputs:
         with atomic_path(os.path.join(out_dir, name)) as tmp:
             with open(tmp, "wb") as f:
@@ -119,5 +130,5 @@ def _simulate(node: dict, seconds: float, outputs: list[str], store, owner: str)
         frame.to_parquet(tmp, index=False)
     store.mark_complete(stage, key, {"node": node, "wall_seconds": ended - started, **prov, "simulated": True,
                                      "simulated_seconds": seconds},
-                        required=list(outputs) + ["rows.parquet"])
+                        required=list(outputs) + ["rows.parquet"], lease=lease.lease)
     store.log_event("completed", stage, key, owner=owner, simulated=True)

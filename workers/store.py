@@ -24,13 +24,13 @@ import uuid
 
 from srnet_core.io import atomic_path, read_json, sha256_file, write_json
 
+from .leases import (LEASE, LEASE_TTL, DriverGuard, FileLeases, HeldElsewhere, LeaseKeeper, LeaseLost,  # noqa: F401
+                     PlainLeases, S3Leases, holder_identity, lease_free, probe_conditional_writes)
 from .uri import is_uri
 
 MARKER = "_COMPLETE.json"
 CHECKPOINT = "_checkpoint"
-LEASE = "_LEASE.json"
 EVENTS = "_events"  # <root>/_events/<host>-<pid>.jsonl: one file per process, never rewritten by another
-LEASE_TTL = float(os.environ.get("SRNET_LEASE_TTL", "120"))  # seconds a lease lives without renewal
 
 log = logging.getLogger("srnet.store")
 
@@ -54,21 +54,6 @@ def cached_sha256(path: str) -> str:
     if digest is None:
         digest = _HASHES[key] = _sha256(path)
     return digest
-
-
-def _lease_dead(lease: dict) -> bool:
-    """Expired, or held by a process of this machine that no longer exists (a killed driver's trial): then
-    it is taken over at once instead of after its expiry."""
-    if lease.get("expires", 0) <= time.time():
-        return True
-    if lease.get("host") == socket.gethostname() and isinstance(lease.get("pid"), int):
-        try:
-            os.kill(lease["pid"], 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False  # alive, another user's
-    return False
 
 
 def default_owner() -> str:
@@ -96,6 +81,7 @@ class MissingOutputError(RuntimeError):
 class ArtifactStore:
     def __init__(self, root: str, cache_dir: str | None = None):
         self.remote = is_uri(root)
+        self._lease_backend = None  # made on first use (an s3:// store's boto3 client: only where leases are used)
         if self.remote:
             import pyarrow.fs as pafs
 
@@ -210,25 +196,41 @@ class ArtifactStore:
                 out += [json.loads(line) for line in f if line.strip()]
         return sorted(out, key=lambda e: e["time"])
 
-    def mark_complete(self, stage: str, key: str, info: dict, required=()) -> None:
+    def mark_complete(self, stage: str, key: str, info: dict, required=(), lease: dict | None = None) -> None:
         """Record the node's files (and upload them, for a URI store), then write the marker last. A node that
-        lacks one of the ``required`` files (its kind's declared outputs) is refused: nothing is committed."""
+        lacks one of the ``required`` files (its kind's declared outputs) is refused: nothing is committed.
+        ``lease`` (the node runner's): fenced commit. The lease is renewed on the store (a conditional write)
+        before the upload and again right before the marker, which is created only if absent (``O_EXCL``-like
+        link / S3 ``If-None-Match: *``); a lost lease or a marker already there raises ``LeaseLost``."""
         local = self.node_dir(stage, key)
         missing = [name for name in required if not os.path.isfile(os.path.join(local, name))]
         if missing:
             raise MissingOutputError(f"node {stage}/{key} lacks its declared output(s) {', '.join(missing)}; "
                                      "not committed (its stage did not write them: a bug in the stage)")
+        if lease is not None:
+            self._fence(stage, key, lease)
         files = {name: {"bytes": os.path.getsize(os.path.join(local, name)), "sha256": _sha256(os.path.join(local, name))}
                  for name in _output_names(local)}
         marker = {"files": files, **info}
-        if not self.remote:
+        if lease is not None:
+            marker["lease"] = {"owner": lease["owner"], "token": lease["token"]}
+        if self.remote:
+            self.push_outputs(stage, key)  # what push_outputs already sent, unchanged since, is not sent again
+        if lease is not None:
+            self._fence(stage, key, lease)
+            data = json.dumps(marker, indent=1, sort_keys=True, default=str).encode()
+            if not self.leases.commit(stage, key, MARKER, data):
+                self.log_event("stale_commit_refused", stage, key, owner=lease["owner"], reason="marker exists")
+                raise LeaseLost(f"node {stage}/{key} was committed by another holder; not committed again")
+        elif not self.remote:
             write_json(os.path.join(local, MARKER), marker)
+        else:
+            with self.fs.open_output_stream(self._remote_path(stage, key, MARKER)) as f:
+                f.write(json.dumps(marker, indent=1, sort_keys=True, default=str).encode())
+        if not self.remote:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(local, ATTEMPTS))  # committed: the attempt count is in the rows
             return
-        self.push_outputs(stage, key)  # what push_outputs already sent, unchanged since, is not sent again
-        with self.fs.open_output_stream(self._remote_path(stage, key, MARKER)) as f:
-            f.write(json.dumps(marker, indent=1, sort_keys=True, default=str).encode())
         self.delete_checkpoint(stage, key)
         with contextlib.suppress(FileNotFoundError, OSError):
             self.fs.delete_file(self._remote_path(stage, key, ATTEMPTS))
@@ -450,156 +452,93 @@ class ArtifactStore:
                 out.add((parts[0], parts[1]))
         return out
 
-    # -- leases: one driver runs a node at a time ------------------------------------------------------
-    def _lease_path(self, stage: str, key: str) -> str:
-        return self._remote_path(stage, key, LEASE) if self.remote else os.path.join(self.root, stage, key, LEASE)
+    # -- leases: one holder runs a node at a time (workers/leases.py) ---------------------------------------
+    @property
+    def leases(self):
+        """This store's lease backend: ``FileLeases`` (a directory or file:// URI), ``S3Leases`` (s3://, boto3),
+        else ``PlainLeases`` (no conditional writes: one driver at a time, ``DriverGuard``)."""
+        if self._lease_backend is None:
+            self._lease_backend = self._make_lease_backend()[0]
+        return self._lease_backend
+
+    def _make_lease_backend(self):
+        if not self.remote:
+            return FileLeases(self.root), None
+        import pyarrow.fs as pafs
+
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            return FileLeases(self.base), None
+        if self.fs.type_name == "s3":
+            try:
+                return S3Leases(self.root, self.base), None
+            except ImportError:
+                return PlainLeases(self.fs, self.base), "boto3 is not installed (pip install 'srnet-sweep[s3]')"
+        return PlainLeases(self.fs, self.base), f"no conditional-write client for {self.fs.type_name}:// stores"
+
+    def conditional_writes(self) -> str | None:
+        """None if this store's leases are mutual exclusion between drivers (checked on the store itself for
+        S3: some S3-compatible servers ignore If-None-Match); else why not."""
+        backend, why = self._make_lease_backend()
+        self._lease_backend = backend
+        return why or probe_conditional_writes(backend)
+
+    def driver_guard(self, owner: str) -> DriverGuard:
+        import pyarrow.fs as pafs
+
+        fs, base = (self.fs, self.base) if self.remote else (pafs.LocalFileSystem(), self.root)
+        return DriverGuard(fs, base, self.root, owner)
 
     def read_lease(self, stage: str, key: str) -> dict | None:
-        try:
-            if self.remote:
-                with self.fs.open_input_stream(self._lease_path(stage, key)) as f:
-                    return json.loads(f.read())
-            return read_json(self._lease_path(stage, key))
-        except (FileNotFoundError, OSError, ValueError):
-            return None  # none, or half-written by a dying holder: treated as free
-
-    @staticmethod
-    def _read_json_or_none(path: str) -> dict | None:
-        try:
-            return read_json(path)
-        except (OSError, ValueError):
+        """The node's lease (``_version``: its ETag / generation, ``_age``: seconds since it was last written,
+        on the store's clock), or None."""
+        state = self.leases.read(stage, key)
+        if state is None:
             return None
-
-    def _write_lease(self, stage: str, key: str, lease: dict, exclusive: bool) -> bool:
-        path = self._lease_path(stage, key)
-        data = json.dumps(lease).encode()
-        if self.remote:  # object stores have no exclusive create: write, then read back who won
-            self.fs.create_dir(self._remote_path(stage, key), recursive=True)
-            with self.fs.open_output_stream(path) as f:
-                f.write(data)
-            time.sleep(0.2)
-            return (self.read_lease(stage, key) or {}).get("token") == lease["token"]
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        if not exclusive:
-            with atomic_path(path) as tmp:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-            return True
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return True
+        return {**state.body, "_version": state.version, "_age": state.age}
 
     def try_lease(self, stage: str, key: str, owner: str, ttl: float = LEASE_TTL) -> dict | None:
-        """Take the node's lease if it is free, expired, or already ``owner``'s (a retried trial of the same
-        driver); returns the lease, or None while another live holder has it."""
-        lease = {"owner": owner, "token": uuid.uuid4().hex, "expires": time.time() + ttl, "ttl": ttl,
-                 "host": socket.gethostname(), "pid": os.getpid()}
-        current = self.read_lease(stage, key)
-        if current is not None and current.get("owner") != owner and not _lease_dead(current):
-            return None
-        if current is not None:
-            # expired or ours: move it aside atomically so exactly one contender gets to create the new one
-            if not self.remote:
-                path = self._lease_path(stage, key)
-                aside = f"{path}.stale-{lease['token']}"
-                try:
-                    os.replace(path, aside)
-                except FileNotFoundError:
-                    return None  # another contender took it over first
-                moved = self._read_json_or_none(aside)
-                if (moved or {}).get("token") != current.get("token"):
-                    try:  # we moved a contender's fresh lease, not the stale one: give it back
-                        os.link(aside, path)
-                    except FileExistsError:
-                        pass
-                    os.unlink(aside)
+        """Take the node's lease if it is free (none, released, expired on the store's clock, its holder's
+        process provably dead) or already ``owner``'s (a retried trial of the same driver); one conditional
+        write, so of two contenders exactly one wins. Returns the lease, or None while another holds it."""
+        lease = {"owner": owner, "token": uuid.uuid4().hex, "seq": 0, "ttl": ttl, **holder_identity()}
+        for _ in range(3):
+            current = self.leases.read(stage, key)
+            if current is None:
+                version = self.leases.create(stage, key, lease)
+            else:
+                why = lease_free(current, owner)
+                if why is None:
                     return None
-                os.unlink(aside)
-            if current.get("owner") != owner:
-                self.log_event("lease_expired", stage, key, previous_owner=current.get("owner"))
-        return lease if self._write_lease(stage, key, lease, exclusive=True) else None
+                version = self.leases.replace(stage, key, lease, current.version)
+                if version is not None and why in ("expired", "holder dead"):
+                    self.log_event("lease_expired", stage, key, previous_owner=current.body.get("owner"), reason=why,
+                                   age=round(current.age, 1))
+            if version is not None:
+                return {**lease, "_version": version, "_lock": threading.Lock()}
+        return None  # lost each race: another contender holds it now
 
     def renew_lease(self, stage: str, key: str, lease: dict) -> bool:
-        """Extend our lease; False if it was lost (expired and taken by another driver)."""
-        current = self.read_lease(stage, key)
-        if current is None or current.get("token") != lease["token"]:
-            return False
-        lease["expires"] = time.time() + lease["ttl"]
-        self._write_lease(stage, key, lease, exclusive=False)
-        return True
+        """Extend our lease (a conditional write on its current version); False if it is no longer ours."""
+        with lease["_lock"]:
+            bumped = {**lease, "seq": lease["seq"] + 1}
+            version = self.leases.renew(stage, key, bumped, lease["_version"])
+            if version is None:
+                return False
+            lease["seq"], lease["_version"] = bumped["seq"], version
+            return True
 
     def release_lease(self, stage: str, key: str, lease: dict) -> None:
-        current = self.read_lease(stage, key)
-        if current is not None and current.get("token") == lease["token"]:
-            try:
-                if self.remote:
-                    self.fs.delete_file(self._lease_path(stage, key))
-                else:
-                    os.unlink(self._lease_path(stage, key))
-            except (FileNotFoundError, OSError):
-                pass
+        """Mark our lease released (a conditional write: a successor's lease is never touched)."""
+        with lease["_lock"]:
+            released = {**lease, "seq": lease["seq"] + 1, "released": True}
+            if self.leases.replace(stage, key, released, lease["_version"]) is not None:
+                lease["seq"] = released["seq"]
 
-
-class LeaseKeeper:
-    """Hold a node's lease for a block: wait (polling) while another driver holds it, renew it in a
-    background thread every ttl/3 while the block runs, release it at the end. ``acquired`` is False when
-    the node was completed by the other holder meanwhile (then the caller skips it)."""
-
-    def __init__(self, store: ArtifactStore, stage: str, key: str, owner: str | None = None,
-                 ttl: float = LEASE_TTL, poll: float = 1.0):
-        self.store, self.stage, self.key = store, stage, key
-        self.owner, self.ttl, self.poll = owner or default_owner(), ttl, poll
-        self.lease: dict | None = None
-        self.waited = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> "LeaseKeeper":
-        start = time.time()
-        logged = False
-        while True:
-            if self.store.is_complete(self.stage, self.key):
-                break
-            self.lease = self.store.try_lease(self.stage, self.key, self.owner, self.ttl)
-            if self.lease is not None:
-                break
-            if not logged:
-                holder = self.store.read_lease(self.stage, self.key) or {}
-                self.store.log_event("lease_wait", self.stage, self.key, holder=holder.get("owner"), owner=self.owner)
-                logged = True
-            time.sleep(self.poll)
-        self.waited = time.time() - start
-        if self.lease is not None and self.store.is_complete(self.stage, self.key):
-            self.store.release_lease(self.stage, self.key, self.lease)  # finished by the other holder just now
-            self.lease = None
-        if self.lease is not None:
-            self._thread = threading.Thread(target=self._renew, daemon=True, name=f"lease-{self.key}")
-            self._thread.start()
-        return self
-
-    @property
-    def acquired(self) -> bool:
-        return self.lease is not None
-
-    def _renew(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
-            try:
-                if not self.store.renew_lease(self.stage, self.key, self.lease):
-                    self.store.log_event("lease_lost", self.stage, self.key, owner=self.owner)
-                    return
-            except OSError:
-                continue  # a transient store error: try again at the next tick
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        if self.lease is not None:
-            self.store.release_lease(self.stage, self.key, self.lease)
+    def _fence(self, stage: str, key: str, lease: dict) -> None:
+        """Commit only under a lease we still hold: renewed (so checked on the store) right now."""
+        if not self.renew_lease(stage, key, lease):
+            self.log_event("stale_commit_refused", stage, key, owner=lease.get("owner"))
+            raise LeaseLost(f"node {stage}/{key}: the lease of {lease.get('owner')} was taken over; not committed")
 
 
 def check_store(node: dict) -> None:

@@ -20,9 +20,10 @@ from srnet_core.stages import run_stage
 from srnet_core.train import EvalRecord, Preempted, stop_requested
 
 from . import preempt
+from .leases import HELD_KEY, RETRY_KEY, held_result  # noqa: F401 - re-exported (scheduler, tests)
 from .provenance import provenance
 from .rows import config_columns, result_frame  # noqa: F401 - config_columns: re-exported
-from .store import ArtifactStore, CorruptArtifactError, LeaseKeeper, check_store
+from .store import ArtifactStore, CorruptArtifactError, HeldElsewhere, LeaseKeeper, LeaseLost, check_store
 
 STATE_FILE = "train_state.safetensors"
 
@@ -42,7 +43,10 @@ def run_node(node: dict, report=None, owner: str | None = None) -> str:
     URI store a scratch directory, removed once the node is committed: its files are in the store).
     Idempotent once complete. ``report(record)`` sees every evaluation. The node's lease in the store makes
     a second driver wait for it (and skip it once complete) instead of running it again; ``owner`` names
-    the holder (a retried trial of the same driver reuses its lease at once)."""
+    the holder (a retried trial of the same driver reuses its lease at once). Raises ``HeldElsewhere`` when
+    another live holder kept the lease for a whole ttl (the trial ends; the driver hands the node out later),
+    and ``LeaseLost`` (a ``HeldElsewhere``) when this run's lease was taken over: the run stops at its next
+    evaluation or checkpoint upload and commits nothing (workers/leases.py)."""
     from srnet_core.stages.registry import load_plugins
 
     load_plugins(node.get("plugins", []))  # the spec's plugins: their stage kinds
@@ -56,14 +60,18 @@ def run_node(node: dict, report=None, owner: str | None = None) -> str:
     with preempt.notice():  # SIGTERM (a spot notice) from here on: checkpoint at the next step, then Preempted
         if stop_requested():  # this process was told to stop before the node began: it is not the place to run
             raise Preempted(f"{stop_requested()}: node {key} not started")
-        with LeaseKeeper(store, stage, key, owner) as lease:
-            if lease.acquired:
-                _run_node(node, report, store, lease.owner)
+        try:
+            with LeaseKeeper(store, stage, key, owner) as lease:
+                if lease.acquired:
+                    _run_node(node, report, store, lease)
+        except LeaseLost:
+            if not store.is_complete(stage, key):
+                raise
     return out_dir
 
 
-def _run_node(node: dict, report, store: ArtifactStore, owner: str) -> None:
-    stage, key = node["stage"], node["key"]
+def _run_node(node: dict, report, store: ArtifactStore, lease: LeaseKeeper) -> None:
+    stage, key, owner = node["stage"], node["key"], lease.owner
     out_dir = store.node_dir(stage, key)
     state_path = store.checkpoint_path(stage, key, STATE_FILE)
     resume_from = store.pull_checkpoint(stage, key, STATE_FILE)
@@ -72,6 +80,7 @@ def _run_node(node: dict, report, store: ArtifactStore, owner: str) -> None:
         store.pull_outputs(stage, key)
 
     def upload() -> None:  # outputs first: a pushed state never refers to a file the store lacks
+        lease.check()  # fenced: a run whose lease was taken over never overwrites its successor's state
         store.push_outputs(stage, key)
         store.push_checkpoint(stage, key, STATE_FILE)
 
@@ -81,6 +90,7 @@ def _run_node(node: dict, report, store: ArtifactStore, owner: str) -> None:
                     queued_at=node.get("queued_at"))
 
     def on_eval(record: EvalRecord | None, state_fn) -> None:
+        lease.check()  # a lost lease ends the run here (LeaseLost), before another checkpoint or report
         writer.submit(state_fn)
         if report and record is not None:  # None: a checkpoint before stopping (preemption), no evaluation
             report(record)
@@ -103,6 +113,8 @@ def _run_node(node: dict, report, store: ArtifactStore, owner: str) -> None:
     except BaseException as err:
         try:  # the stage's own error is the one to report: an upload error must not replace it
             writer.close()  # a preempted run's last checkpoint (its stop step) is written and pushed here
+        except LeaseLost:
+            pass  # the upload was fenced: the lease is another holder's now
         except Exception as close_err:  # noqa: BLE001
             store.log_event("checkpoint_upload_failed", stage, key, error=f"{type(close_err).__name__}: {close_err}")
         if isinstance(err, Preempted):
@@ -119,7 +131,8 @@ def _run_node(node: dict, report, store: ArtifactStore, owner: str) -> None:
 
     store.mark_complete(stage, key, {"node": node, "wall_seconds": ended - started, **provenance(),
                                      "checkpoint_seconds": writer.summary()},
-                        required=get_kind(stage).declared_outputs(node["stage_config"]) + ["rows.parquet"])
+                        required=get_kind(stage).declared_outputs(node["stage_config"]) + ["rows.parquet"],
+                        lease=lease.lease)  # fenced: committed only under the lease this run still holds
     store.log_event("completed", stage, key, owner=owner)
 
 
@@ -170,6 +183,7 @@ def retryable(err: BaseException) -> bool:
 
 ERROR_KEY = "srnet_error"  # a trial's last result carries it when its node failed deterministically
 REOPEN_KEY = "srnet_reopen"  # ... and this, the key of an upstream node whose file it found corrupt
+# ... or HELD_KEY with RETRY_KEY (workers/leases.py) when another holder has the node's lease: not run, not failed
 
 
 def stage_trainable(config: dict) -> None:
@@ -181,6 +195,8 @@ def stage_trainable(config: dict) -> None:
     node = config["node"]
     try:
         run_node(node, report=lambda record: tune.report(flat_metrics(record)), owner=owner)
+    except HeldElsewhere as err:  # another driver has it: free this trial's GPU, check again later
+        tune.report(held_result(err))
     except Exception as err:  # noqa: BLE001 - sorted by cause below
         if retryable(err):
             raise

@@ -71,7 +71,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from workers.store import ArtifactStore
 
+    from ..launch import guard_store
+
     store = ArtifactStore(spec.artifact_root())
+    try:
+        guard = guard_store(store, args.spec)  # a store without conditional writes: one driver at a time
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        return _search(args, spec, store, study)
+    finally:
+        if guard is not None:
+            guard.stop()
+
+
+def _search(args, spec, store, study: str) -> int:
     root = results.results_dir(spec.output_dir)
     runner = {"ray": SchedulerRunner, "ray-batches": LaunchRunner, "local": LocalRunner}[args.runner](spec, store, root)
     try:

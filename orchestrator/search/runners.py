@@ -11,6 +11,7 @@ nodes and whatever upstream of them is not complete.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Protocol
 
 from ..spec import SweepSpec
@@ -100,8 +101,15 @@ class LocalRunner(_RunnerBase):
 
         from ..launch import node_payload, publish_node
 
+        from workers.store import HeldElsewhere
+
         try:
-            run_node(node_payload(node, self.store))
+            while True:  # another driver holds it: no Ray resources are held here, so wait for it (bounded runs)
+                try:
+                    run_node(node_payload(node, self.store))
+                    break
+                except HeldElsewhere as held:
+                    time.sleep(min(max(held.retry_after, 1.0), 30.0))
             publish_node(node, self.store, self.root)
         except Exception as err:  # a failed node is a failed trial, not a crashed study
             last = str(err).strip().splitlines()[-1][:500] if str(err).strip() else ""
