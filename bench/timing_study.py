@@ -165,8 +165,8 @@ def main(argv=None) -> int:
             held = " (held out)" if "calibrated" in name and t["seed"] != args.calibration_seed else ""
             out["methods"][name][t["seed"]] = {"start": pick, "values": v, "mask_trainings": n, "wall_seconds": wall}
             if v is None:
-                print(f"| {name} | {t['seed']}{held} | {pick} | no trial at this start: run the study again "
-                      f"with early_bird_threshold set | | | | | | | | |")
+                print(f"| {name} | {t['seed']}{held} | {pick} | no trial at this start yet: the study's predictor "
+                      f"comparison runs it (run the study again, with the threshold in the spec) | | | | | | | | |")
                 continue
             print(f"| {name} | {t['seed']}{held} | {pick} | {v['id_dev']:.4f} | {v['ood_dev']:.4f} | {v['hans']:.4f} | "
                   f"{v['hans_non_entailment']:.4f} | {v['cost_steps']} | {n} | {wall:.0f} | "
@@ -182,7 +182,6 @@ def main(argv=None) -> int:
                   f"cost {statistics.mean(v['cost_steps'] for v in vals):.0f} steps")
     path = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "timing_study.json")
     write_result(path, out)
-    print(f"wrote {path}")
     return 0
 
 
