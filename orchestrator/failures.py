@@ -48,19 +48,22 @@ def skip_reason(node: Node, errors: dict[str, str]) -> str | None:
 
 
 def verify_inputs(plan: Plan, store: ArtifactStore, published: set[str] | None = None) -> dict[str, str]:
-    """Before anything runs: every complete node whose files will be read this launch (an input of a node
-    that is not complete, or a node whose rows are not yet in the results) is checked against the sha256 in
-    its marker (on a local or shared filesystem; an object store's bytes are verified where they are consumed).
-    A corrupt, truncated or missing file invalidates that node (marker moved aside, event logged),
-    so it re-runs in its wave and nothing downstream reads a bad file. Repeats until nothing more breaks
-    (re-running a node makes its own inputs needed). Returns {node key: what was wrong}."""
-    if store.remote:
-        # An object store: the markers (one listing) say what is complete and each file is verified against its
-        # marker's sha256 where it is consumed (fetch_verified; a corrupt one re-opens its producer in the
-        # running launch), so a relaunch downloads no artifact here (issue 24: ~270 GB for full_grid before).
-        return {}
+    """Before anything runs, from metadata first: a complete node of the plan with an output modified after its
+    marker (``ArtifactStore.changed_since_commit``: one listing of the store, no download) was rewritten after it
+    was committed; it is re-opened (marker moved aside, event logged) and so is every complete node downstream of
+    it, so the node re-runs and its consumers re-run after it. On an object store that is all (0 bytes
+    downloaded, no marker read); each file is verified against its marker's sha256 where it is consumed
+    (fetch_verified; a corrupt one re-opens its producer in the running launch). On a local or shared filesystem a
+    newer file is first hashed (a rewrite with the same bytes, e.g. a copy that did not keep times, is no
+    change), and every complete node whose files will be read this launch (an input of a node that is not
+    complete, or a node whose rows are not yet in the results) is checked against its marker's sha256; a corrupt,
+    truncated or missing file invalidates that node. Repeats until nothing more breaks (re-running a node makes
+    its own inputs needed). Returns {node key: what was wrong}."""
     published = published or set()
     found: dict[str, str] = {}
+    _reopen_rewritten(plan, store, found)
+    if store.remote:
+        return found
     checked: set[str] = set()
     while True:
         done = store.list_complete()  # one pass over the store, not a request per node
@@ -76,6 +79,40 @@ def verify_inputs(plan: Plan, store: ArtifactStore, published: set[str] | None =
             if problem:
                 store.invalidate(node.stage, node.key, problem)
                 found[node.key] = problem
+
+
+def _reopen_rewritten(plan: Plan, store: ArtifactStore, found: dict[str, str]) -> None:
+    """Re-open the plan's complete nodes whose outputs changed after their commit, and everything downstream."""
+    changed = store.changed_since_commit()
+    if not changed:
+        return
+    done = store.list_complete()
+    consumers: dict[str, list[str]] = {}
+    for key, node in plan.nodes.items():
+        for up in node.upstream:
+            consumers.setdefault(up.key, []).append(key)
+    reopened: dict[str, str] = {}
+    for key, node in sorted(plan.nodes.items()):
+        names = changed.get((node.stage, key))
+        if not names:
+            continue
+        problem = f"{', '.join(names)} changed in the store after the node was committed"
+        if not store.remote:  # a local read is cheap: a same-bytes rewrite (mtime only) is no change
+            problem = store.check(node.stage, key, sha256=True)
+            if problem is None:
+                continue
+        reopened[key] = problem
+    frontier = list(reopened)
+    while frontier:  # every complete node downstream re-runs after its re-opened upstream
+        up = frontier.pop()
+        for key in consumers.get(up, []):
+            node = plan.nodes[key]
+            if key not in reopened and (node.stage, key) in done:
+                reopened[key] = f"upstream {plan.nodes[up].stage} {up} re-runs ({reopened[up]})"
+                frontier.append(key)
+    for key, problem in reopened.items():
+        store.invalidate(plan.nodes[key].stage, key, problem)
+        found[key] = problem
 
 
 def failure_table(plan: Plan, errors: dict[str, str]) -> Table:

@@ -95,7 +95,8 @@ def test_files_are_hashed_once_per_path_mtime_size(tmp_path, monkeypatch):
 
 
 def test_verify_inputs_invalidates_only_what_will_be_read(tmp_path):
-    """verify_inputs hashes the complete inputs of incomplete nodes (and unpublished nodes), nothing else."""
+    """verify_inputs hashes the complete inputs of incomplete nodes (and unpublished nodes), and files written
+    after their node's marker, nothing else."""
     from orchestrator.plan import build_plan
     from orchestrator.spec import parse_spec
 
@@ -110,7 +111,9 @@ def test_verify_inputs_invalidates_only_what_will_be_read(tmp_path):
         _complete_node(spec.artifact_root(), node.stage, node.key)
     _flip(os.path.join(store.node_dir(ft.stage, ft.key), "weights.safetensors"))
     found = failures.verify_inputs(plan, store, published={ft.key, masks[0].key})
-    assert list(found) == [ft.key] and "sha256" in found[ft.key]  # masks[1] is incomplete and needs it
+    # the flipped file is newer than its marker: hashed, found changed, and its complete consumer re-runs too
+    assert sorted(found) == sorted([ft.key, masks[0].key]) and "sha256" in found[ft.key]
+    assert found[masks[0].key].startswith(f"upstream finetune {ft.key} re-runs")
     assert not store.is_complete(ft.stage, ft.key)
     # a finished sweep whose rows are all published reads nothing: nothing is hashed
     store2, _ = _complete_node(tmp_path / "s2")
@@ -259,14 +262,17 @@ def test_corrupt_input_is_rerun_before_a_consumer_reads_it(ray_env, tmp_path):
     weights = os.path.join(ft_dir, "weights.safetensors")
     good = hashlib.sha256(open(weights, "rb").read()).hexdigest()
     first = _rows_per_node(results.load(out))
+    (mask_dir,) = glob.glob(os.path.join(out, "artifacts", "mask_train", "*"))  # the fine-tune's consumer
     _flip(weights, offset=os.path.getsize(weights) // 2)
     # widening needs the fine-tuned weights again: the flipped byte must be found before anything reads them
     wider, _ = _spec(tmp_path, name="wider", grid={**BASE["grid"], "sparsities": [0.5, 0.7]})
     assert launch.main([wider, "--no-figure", "--no-report"]) == 0
     events = store.events()
     key = os.path.basename(ft_dir)
-    assert [e["key"] for e in events if e["event"] == "invalidated"] == [key]
+    # the flipped file is newer than its marker: the fine-tune re-opens, and its complete consumer with it
+    assert [e["key"] for e in events if e["event"] == "invalidated"] == [key, os.path.basename(mask_dir)]
     assert len([e for e in events if e["event"] == "run" and e["key"] == key]) == 2
+    assert len([e for e in events if e["event"] == "run" and e["key"] == os.path.basename(mask_dir)]) == 2
     assert hashlib.sha256(open(weights, "rb").read()).hexdigest() == good  # re-run, bit-identical
     assert store.check("finetune", key) is None
     final = _rows_per_node(results.load(out))

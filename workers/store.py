@@ -452,6 +452,52 @@ class ArtifactStore:
                 out.add((parts[0], parts[1]))
         return out
 
+    def changed_since_commit(self) -> dict[tuple[str, str], list[str]]:
+        """Complete nodes with an output file modified after the node's marker: {(stage, key): [file names]}.
+
+        The marker is written last, after every output is uploaded (or written, locally), so no output of an
+        untouched node is newer than its marker; one that is was rewritten after the commit (corrupted, truncated
+        or replaced). Read from metadata only: one recursive listing for a URI store (each object's size and
+        modification time come with it; no object is downloaded, no marker read), a directory scan per node
+        locally. Object stores give whole seconds (S3's LastModified): a rewrite in the same second as the commit
+        is not seen here (the consumer still verifies the sha256 of what it fetches)."""
+        seen: dict[tuple[str, str], dict[str, int]] = {}  # (stage, key) -> {file name: mtime_ns}
+        if not self.remote:
+            if not os.path.isdir(self.root):
+                return {}
+            for stage in os.scandir(self.root):
+                if not stage.is_dir() or stage.name.startswith(("_", ".")):
+                    continue
+                for node in os.scandir(stage.path):
+                    if not node.is_dir() or not os.path.exists(os.path.join(node.path, MARKER)):
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        seen[(stage.name, node.name)] = {
+                            f.name: f.stat().st_mtime_ns for f in os.scandir(node.path)
+                            if f.is_file() and (f.name == MARKER or _is_output_name(f.name))}
+        else:
+            import pyarrow.fs as pafs
+
+            base = self.base.rstrip("/")
+            try:
+                infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+            except (FileNotFoundError, OSError):
+                return {}
+            for info in infos:
+                parts = info.path[len(base):].strip("/").split("/")
+                if len(parts) == 3 and info.type == pafs.FileType.File and info.mtime_ns is not None \
+                        and (parts[2] == MARKER or _is_output_name(parts[2])):
+                    seen.setdefault((parts[0], parts[1]), {})[parts[2]] = info.mtime_ns
+        out = {}
+        for node, files in seen.items():
+            committed = files.pop(MARKER, None)
+            if committed is None:
+                continue  # not complete
+            newer = sorted(name for name, mtime in files.items() if mtime > committed)
+            if newer:
+                out[node] = newer
+        return out
+
     # -- leases: one holder runs a node at a time (workers/leases.py) ---------------------------------------
     @property
     def leases(self):
