@@ -410,7 +410,9 @@ def test_two_drivers_one_5_minutes_fast_train_every_node_once(root, tmp_path):
     """Two driver processes, 2 threads each, over the same 6 nodes in the same order; driver b, started once a
     holds its first node, has its clock 5 minutes ahead. Every node is run once and committed once, and no
     lease is ever taken as expired."""
-    log, procs = _start_drivers(tmp_path, root)
+    # ttl 15 s (renewed every 5 s): a loaded CI machine once delayed a renewal past a 6 s ttl, and this test is
+    # about the skewed clock, not about expiry
+    log, procs = _start_drivers(tmp_path, root, ttl=15)
     _finish(procs)
     events = _events(log)
     keys = [f"n{i}" for i in range(6)]

@@ -35,11 +35,18 @@ def _node(root: str, key: str = "k-preempt") -> dict:
             "columns": {"sweep": "p", "task": "synthetic", "paradigm": "full"}}
 
 
-# The worker side of a preemption: a process that runs one node from its main thread and prints each evaluation.
+# The worker side of a preemption: a process that runs one node from its main thread and prints each evaluation
+# and each optimizer step (a global post-step hook), so the test signals at a step it has seen, not at a guess.
 CHILD = """
 import json, sys
 import torch
 torch.set_num_threads(1)
+from torch.optim.optimizer import register_optimizer_step_post_hook
+steps = [0]
+def _count(opt, args, kwargs):
+    steps[0] += 1
+    print("step", steps[0], flush=True)
+register_optimizer_step_post_hook(_count)
 from workers.trainable import run_node
 run_node(json.loads(sys.argv[1]), report=lambda r: print("eval", r.step, flush=True))
 print("completed", flush=True)
@@ -87,9 +94,12 @@ def test_sigterm_checkpoints_the_current_step_and_the_resume_is_exact(s3_server,
         proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(node)], env=env, stdout=subprocess.PIPE,
                                 stderr=err, text=True, start_new_session=True)
         try:
-            reached = False
-            for line in proc.stdout:  # the first evaluation (and its checkpoint) is behind us: step 100
-                if line.split() == ["eval", str(EVERY)]:
+            # Signal once the first evaluation (and its checkpoint) is behind us AND training has gone on past it:
+            # on a slow machine the signal could otherwise land while step 100's checkpoint is still being pushed.
+            reached, evaluated = False, False
+            for line in proc.stdout:
+                evaluated = evaluated or line.split() == ["eval", str(EVERY)]
+                if evaluated and line.split() == ["step", str(EVERY + 10)]:
                     reached = True
                     break
             assert reached, (tmp_path / "child.err").read_text()[-3000:]
@@ -107,7 +117,7 @@ def test_sigterm_checkpoints_the_current_step_and_the_resume_is_exact(s3_server,
     found = re.search(r"Preempted: SIGTERM \(preemption notice\): checkpointed at step (\d+) of 300, stopping", log)
     assert found, log[-3000:]
     step = int(found.group(1))
-    assert EVERY < step < 2 * EVERY  # stopped at the step it reached, not at an evaluation
+    assert EVERY + 10 <= step < 2 * EVERY  # stopped at the step it reached, not at an evaluation
     assert took < 20, took  # at once: one step, one checkpoint write and upload, the interpreter's exit
 
     store = ArtifactStore(root, cache_dir=str(tmp_path / "probe"))

@@ -652,6 +652,9 @@ def test_a_study_in_the_store_survives_its_driver_across_machines(s3_server, mon
     try:
         while time.time() < deadline and proc.poll() is None:
             polls += 1
+            # Freeze the driver while reading the store: otherwise it can finish the running trial between our
+            # read and the kill (seen in CI on a slow machine), and there is nothing left to resume.
+            os.kill(proc.pid, signal.SIGSTOP)
             try:
                 trials = trials_in_store(polls)
             except KeyError:  # the study is not created yet
@@ -659,9 +662,12 @@ def test_a_study_in_the_store_survives_its_driver_across_machines(s3_server, mon
             states = [t.state.name for t in trials]
             if "COMPLETE" in states and "RUNNING" in states:
                 os.kill(proc.pid, signal.SIGKILL)
-                at_kill = trials
                 break
+            os.kill(proc.pid, signal.SIGCONT)
             time.sleep(0.3)
+        proc.wait(timeout=30)
+        time.sleep(1.0)  # a request the driver had fully sent before it froze lands; then the store is final
+        at_kill = trials_in_store("at-kill") if proc.returncode == -signal.SIGKILL else None
     finally:
         if proc.poll() is None and at_kill is None:
             proc.kill()
