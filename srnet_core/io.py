@@ -73,6 +73,30 @@ def _unflatten(node, tensors):
     return node["__value__"]
 
 
+def save_safetensors(tensors: dict, path: str, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file`` with the same bytes for the same content, atomically.
+
+    safetensors writes ``__metadata__`` from a Rust HashMap, whose order changes from process to process, so two
+    saves of the same masks had different sha256s. Here the header is re-serialised with sorted keys (the
+    tensors' order and offsets are safetensors' own, already deterministic) and padded to 8 bytes as the format
+    requires. Builds the file in memory: for small files (masks), not for weights."""
+    from safetensors.torch import save
+
+    raw = save(tensors)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    header.pop("__metadata__", None)
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(len(text).to_bytes(8, "little"))
+            f.write(text)
+            f.write(raw[8 + n:])
+
+
 def save_state(path: str, state: dict) -> None:
     """Save a nested training state (optimizer state, RNG, counters) as safetensors + JSON skeleton."""
     from safetensors.torch import save_file

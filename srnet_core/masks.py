@@ -630,9 +630,7 @@ def save_masks(path: str, masks: dict[str, torch.Tensor], metadata: dict | None 
     package version). ``model_family`` / ``target_sparsity`` and any ``metadata`` entries are stored as
     given; every value is JSON-encoded and ``load_masks`` decodes it.
     """
-    from safetensors.torch import save_file
-
-    from .io import atomic_path
+    from .io import save_safetensors
 
     if not masks:
         raise ValueError(f"save_masks({path!r}): no masks to save")
@@ -649,8 +647,7 @@ def save_masks(path: str, masks: dict[str, torch.Tensor], metadata: dict | None 
                   measured_sparsity_per_matrix=report["per_matrix"])
     meta = {key: json.dumps(value) for key, value in fields.items()}
     meta.update(format=MASK_FORMAT, shapes=json.dumps(shapes))
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=meta)
+    save_safetensors(tensors, path, metadata=meta)  # the same masks give the same bytes (and sha256)
 
 
 def load_masks(path: str) -> tuple[dict[str, torch.Tensor], dict]:

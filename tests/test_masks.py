@@ -270,6 +270,49 @@ def test_load_masks_rejects_other_files(tmp_path):
         mask_set.load_masks({names[0]: mask_set.masks()[names[0]]})
 
 
+SAVE_IN_A_PROCESS = """
+import sys, torch
+from srnet_core.masks import save_masks
+g = torch.Generator().manual_seed(0)
+masks = {f"layer.{i}.weight": torch.rand(7, 13, generator=g) > 0.5 for i in (3, 1, 2)}
+save_masks(sys.argv[1], masks, {"note": "x", "epoch": 2, "a": [1, 2]}, model_family="bert", target_sparsity=0.5,
+           code_version="test")
+"""
+
+
+def test_the_same_masks_give_the_same_bytes_in_every_process(tmp_path):
+    """safetensors' own writer orders the header's metadata differently from one process to the next (a Rust
+    HashMap), so equal masks had different sha256s; save_masks writes a canonical header. Three processes, one
+    sha256; the file is still a valid safetensors file that safetensors and load_masks read back exactly."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    repo = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+    env = {**os.environ, "PYTHONPATH": repo}
+    paths = [str(tmp_path / f"m{i}.safetensors") for i in range(3)]
+    for p in paths:
+        subprocess.run([sys.executable, "-c", SAVE_IN_A_PROCESS, p], check=True, env=env)
+    digests = {hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths}
+    assert len(digests) == 1, digests
+    raw = open(paths[0], "rb").read()
+    n = int.from_bytes(raw[:8], "little")
+    assert n % 8 == 0 and len(raw) == 8 + n + 3 * math.ceil(7 * 13 / 8)  # header padded; 3 bit-packed masks
+    with safe_open(paths[0], framework="pt") as f:
+        assert sorted(f.keys()) == ["layer.1.weight", "layer.2.weight", "layer.3.weight"]
+        assert f.metadata()["model_family"] == '"bert"'
+    masks, meta = load_masks(paths[0])
+    g = torch.Generator().manual_seed(0)
+    expected = {f"layer.{i}.weight": torch.rand(7, 13, generator=g) > 0.5 for i in (3, 1, 2)}
+    assert list(masks) == list(expected)  # the saved order, from the header's "matrices"
+    assert all(torch.equal(masks[k], expected[k]) for k in expected)
+    assert meta["epoch"] == 2 and meta["a"] == [1, 2] and meta["target_sparsity"] == 0.5
+    assert meta["measured_sparsity"] == pytest.approx(1 - sum(int(m.sum()) for m in expected.values()) / (3 * 91))
+
+
 def test_sparsity_of_counts():
     masks = {"a": torch.tensor([[1, 0], [0, 0]], dtype=torch.bool), "b": torch.ones(3, 2, dtype=torch.bool)}
     report = sparsity_of(masks)
