@@ -175,6 +175,10 @@ def test_kuberay_raycluster_and_rayjob(monkeypatch):
     worker = group["template"]["spec"]["containers"][0]
     assert worker["image"].endswith(f"/srnet-sweep:{version}-gpu")
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1 == worker["resources"]["requests"]["nvidia.com/gpu"]
+    # a spot notice reaches the trial processes (the preStop hook forwards it) within the pod's grace period
+    hook = worker["lifecycle"]["preStop"]["exec"]["command"]
+    assert hook[:3] == ["python", "-m", "workers.forward_sigterm"] and hook[3] == "--grace"
+    assert 0 < float(hook[4]) < group["template"]["spec"]["terminationGracePeriodSeconds"]
     for pod in (head["template"]["spec"], group["template"]["spec"]):  # the shared data volume on every pod
         claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
         mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
