@@ -2,7 +2,8 @@
 against the plan's estimate, and an ETA.
 
 ``LiveProgress`` follows a running launch (``DagScheduler`` state): in place on a TTY (rich Live), as one line
-every ``every`` seconds otherwise (only when something changed). ``status_view`` builds the same table for a
+every ``every`` seconds otherwise, when something changed or, as a heartbeat, when nothing was printed for
+``heartbeat`` seconds (a node can train for hours: a silent log looks like a hang). ``status_view`` builds the same table for a
 sweep running elsewhere, from the artifact store and the results alone (``launch SPEC --status``).
 
 GPU-hours spent count from each node's trial start (``DagScheduler.started_at``, Tune's ``on_trial_start``), not
@@ -86,9 +87,10 @@ class Tally:
 
 class LiveProgress:
     def __init__(self, plan: Plan, scheduler, gpus: dict[str, float], console: Console, every: float = 30.0,
-                 live: bool | None = None):
+                 live: bool | None = None, heartbeat: float = 300.0):
         self.plan, self.scheduler, self.gpus, self.console = plan, scheduler, gpus, console
-        self.every = every
+        self.every, self.heartbeat = every, heartbeat
+        self._printed_at = time.time()
         self.live = console.is_terminal if live is None else live
         self.started = time.time()
         self._stop = threading.Event()
@@ -139,9 +141,9 @@ class LiveProgress:
     def _print_line(self, force: bool = False) -> None:
         line = self.tally().line()
         core = line.split("; elapsed")[0]
-        if force or core != self._last_line:
+        if force or core != self._last_line or time.time() - self._printed_at >= self.heartbeat:
             self.console.print(line, highlight=False, soft_wrap=True)
-            self._last_line = core
+            self._last_line, self._printed_at = core, time.time()
 
     def __enter__(self):
         self._thread = threading.Thread(target=self._loop, name="sweep-progress", daemon=True)

@@ -213,6 +213,29 @@ def test_progress_view_counts_and_line(capsys):
     assert "ETA 0:00:00" in out  # nothing left
 
 
+def test_progress_lines_when_something_changes_and_a_heartbeat_when_nothing_does(capsys):
+    """Without a TTY: a line at a change; nothing while nothing changes, until the heartbeat is due."""
+    from rich.console import Console
+
+    from orchestrator.plan import Plan
+    from orchestrator.progress import LiveProgress
+
+    nodes = dag()
+    s, names = scheduler_of(nodes)
+    s.add_nodes(nodes.values())
+    view = LiveProgress(Plan({n.key: n for n in nodes.values()}), s, {}, Console(width=200, force_terminal=False),
+                        live=False, heartbeat=3600)
+    view._print_line()  # the first: a change from nothing
+    view._print_line()  # the same counts (elapsed time does not count as a change)
+    s.node_started(s.next_ready().key)
+    view._print_line()  # a node started
+    view._print_line()
+    view._printed_at -= 3600  # an hour without a line
+    view._print_line()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and "running 0" in lines[0] and "running 1" in lines[1] and "running 1" in lines[2]
+
+
 @pytest.mark.parametrize("uri", [False, True])
 def test_store_lists_completion_markers_in_one_pass(tmp_path, uri):
     from workers.store import ArtifactStore
