@@ -63,7 +63,9 @@ def models(results_dir: str) -> list[dict]:
         entry["selected"] = {(d, m): float(v) for d, m, v in
                              rows[rows["selected"].astype(bool)][["eval_dataset", "metric", "value"]].itertuples(index=False)}
         out.append(entry)
-    return sorted(out, key=lambda e: (e["stage"] != "finetune", e["key"]))
+    # the paper's comparison first (dense std against the PoE subnetwork), so a run cut short still answers it
+    first = {("finetune", "std"): 0, ("mask_train", "poe"): 1, ("finetune", "poe"): 2, ("mask_train", "std"): 3}
+    return sorted(out, key=lambda e: (first.get((e["stage"], e["loss"]), 4), e["seed"], e["key"]))
 
 
 def evaluate(entry: dict, full: bool, device: str = "cpu") -> tuple[list[dict], float]:
