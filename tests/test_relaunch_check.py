@@ -110,3 +110,57 @@ def test_old_markers_and_an_untouched_store_reopen_nothing(s3_server, monkeypatc
     plan = _finished(root, tmp_path)
     assert verify_inputs(plan, ArtifactStore(root, cache_dir=str(tmp_path / "d")), published=set(plan.nodes)) == {}
     assert ArtifactStore(root, cache_dir=str(tmp_path / "d")).changed_since_commit() == {}
+
+
+def _rows(node) -> "pd.DataFrame":
+    import pandas as pd
+
+    return pd.DataFrame([{"node_key": node.key, "stage": node.stage, "status": "completed", "metric": "accuracy",
+                          "value": 0.5, "step": 2, "eval_dataset": "dev", "selected": True, "sweep": "relaunch",
+                          "task": "synthetic", "paradigm": "a"}])
+
+
+def test_the_launch_check_reads_no_results_on_an_object_store_but_uses_them_on_a_filesystem(s3_server, monkeypatch,
+                                                                                             tmp_path):
+    """The published-rows set only decides what a filesystem store hashes: on S3 the relaunch check makes no GET
+    at all, though every node's rows are in the results dataset; on a local store it reads them, and a node whose
+    rows are not yet published has its files hashed (a corrupt one is found even with no newer mtime)."""
+    from orchestrator import launch, results
+
+    for k, v in s3_server.items():
+        monkeypatch.setenv(k, v)
+    root = "s3://sweeps/published"
+    plan = _finished(root, tmp_path)
+    for node in plan.nodes.values():
+        results.publish(results.results_dir(root), _rows(node))
+    assert len(results.load(results.results_dir(root), columns=["node_key"])) == len(plan.nodes)
+
+    def record(action):
+        urllib.request.urlopen(urllib.request.Request(
+            s3_server["AWS_ENDPOINT_URL"] + f"/moto-api/recorder/{action}-recording", method="POST")).read()
+    record("reset")
+    record("start")
+    found = launch.relaunch_check(plan, ArtifactStore(root, cache_dir=str(tmp_path / "driver")),
+                                  results.results_dir(root))
+    record("stop")
+    assert found == {}
+    requests = [json.loads(line) for line in open(s3_server["MOTO_RECORDER_FILEPATH"]) if line.strip()]
+    gets = [r["url"] for r in requests if r["method"] == "GET" and "/published/" in r["url"].split("?")[0]]
+    assert gets == [], gets  # neither the results dataset nor any artifact or marker
+    assert any(r["method"] == "GET" for r in requests)  # the listings were recorded: the recorder was on
+
+    # a local store: published rows spare a node's files the hash, unpublished ones do not
+    local = str(tmp_path / "store")
+    plan = _finished(local, tmp_path)
+    ft, _ = _seed0_finetune(plan)
+    path = os.path.join(local, "finetune", ft.key, "weights.safetensors")
+    stamp = os.stat(path).st_mtime
+    _flip(__import__("pyarrow.fs").fs.LocalFileSystem(), path)
+    os.utime(path, (stamp, stamp))  # the same time as before: only a hash can find it
+    rows_dir = str(tmp_path / "out" / "results")
+    for node in plan.nodes.values():
+        results.publish(rows_dir, _rows(node))
+    assert launch.relaunch_check(plan, ArtifactStore(local), rows_dir) == {}  # published: not read again
+    os.remove(os.path.join(rows_dir, "sweep=relaunch", "task=synthetic", "paradigm=a", f"part-{ft.key}.parquet"))
+    found = launch.relaunch_check(plan, ArtifactStore(local), rows_dir)
+    assert ft.key in found and "sha256" in found[ft.key], found
