@@ -28,7 +28,8 @@ ARM = ["stage", "paradigm", "loss", "finetune_loss", "target_sparsity"]
 def arm_name(arm: dict) -> str:
     if arm["stage"] == "finetune":
         return f"dense, {arm['loss']} fine-tuned"
-    src = f" of the {arm['finetune_loss']} model" if arm.get("finetune_loss") else ""
+    # a group key of None comes back from groupby as NaN: only a string names a fine-tuned source model
+    src = f" of the {arm['finetune_loss']} model" if isinstance(arm.get("finetune_loss"), str) else ""
     return f"({arm['paradigm']}) {arm['loss']} {arm['stage'].replace('_', ' ')}{src} at {arm['target_sparsity']:g}"
 
 
@@ -36,6 +37,8 @@ def curves(frame: pd.DataFrame, metrics: list[tuple[str, str]]) -> list[dict]:
     """[{arm, seeds, steps: [{step, 'dataset:metric': [mean, std, n]}]}], evaluation rows only, every step a node
     evaluated (seeds missing a set at a step are left out of that cell, and n says how many were in it)."""
     rows = frame[frame["step"].notna() & frame["eval_dataset"].notna()].copy()
+    if "status" in rows:  # a failed or not-run node's error row is no point of a curve
+        rows = rows[rows["status"] == "completed"]
     rows = rows[rows["stage"].isin(["finetune", "mask_train", "imp"])]
     for col in ARM:
         if col not in rows:
